@@ -1,0 +1,58 @@
+// Opening the backing file named by an image: resolving its name, choosing
+// its format, refusing loops and formats we cannot read.
+#pragma once
+
+#include <sys/types.h>
+
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "block_source.h"
+#include "file.h"
+
+namespace qed {
+
+struct OpenOptions;
+
+// The files already open in one chain, to refuse loops.
+struct ChainState {
+  std::vector<std::pair<dev_t, ino_t>> files;
+  unsigned depth = 0;
+};
+
+inline constexpr unsigned kMaxChainDepth = 64;
+
+// A raw file as a disk. Its size is fixed at open.
+class RawSource final : public BlockSource {
+public:
+  RawSource(std::unique_ptr<File> file, uint64_t size) : file_(std::move(file)), size_(size) {}
+  uint64_t size() const override { return size_; }
+  Status read(void *buf, size_t count, uint64_t pos) override;
+  Result<std::vector<Extent>> extents(uint64_t pos, uint64_t count, size_t max) override;
+
+private:
+  std::unique_ptr<File> file_;
+  const uint64_t size_;
+};
+
+// The path of backing file `name` of the image at `image_path`: relative
+// names are relative to the image's folder.
+std::string resolve_backing_path(const std::string &image_path, const std::string &name);
+
+// Which format a file holds, from its first bytes: "qed", "raw", or the name
+// of a format we refuse.
+std::string probe_format(const uint8_t *bytes, size_t count);
+
+// Records `path` in the chain; fails if it is there already or the chain is
+// too deep.
+Status enter_chain(ChainState &chain, const std::string &path);
+
+// Opens the backing file of an image, read-only. `raw` is true when the
+// image says the backing file is raw (never probed).
+Result<std::unique_ptr<BlockSource>> open_backing(const std::string &image_path,
+                                                  const std::string &name, bool raw,
+                                                  const OpenOptions &options, ChainState &chain);
+
+}  // namespace qed

@@ -1,0 +1,116 @@
+#include "create.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "backing.h"
+#include "file.h"
+#include "format.h"
+
+namespace qed {
+
+namespace {
+
+Status check_options(const std::string &path, const CreateOptions &o, uint64_t size) {
+  if (!is_valid_cluster_size(o.cluster_size))
+    return Status::invalid_argument(path + ": cluster size " + std::to_string(o.cluster_size) +
+                                    " is not a power of two between 4096 and 67108864");
+  if (!is_valid_table_size(o.table_size))
+    return Status::invalid_argument(path + ": table size " + std::to_string(o.table_size) +
+                                    " is not a power of two between 1 and 16");
+  const uint64_t max = max_image_size(o.cluster_size, o.table_size);
+  if (size > max)
+    return Status::invalid_argument(path + ": size " + std::to_string(size) +
+                                    " is larger than the maximum of " + std::to_string(max) +
+                                    " bytes for this cluster and table size");
+  if (kHeaderBytes + o.backing_file.size() > o.cluster_size)
+    return Status::invalid_argument(path + ": backing file name (" +
+                                    std::to_string(o.backing_file.size()) +
+                                    " bytes) does not fit in the header cluster");
+  if (o.backing_format != "" && o.backing_format != "raw" && o.backing_format != "qed")
+    return Status::invalid_argument(path + ": backing format '" + o.backing_format +
+                                    "' is not raw or qed");
+  return Status::ok();
+}
+
+// The backing file's format and size, by looking at it.
+Status inspect_backing(const std::string &path, const CreateOptions &o, std::string &format,
+                       uint64_t &size) {
+  const std::string backing = resolve_backing_path(path, o.backing_file);
+  auto file = open_posix_file(backing, OpenMode::kReadOnly);
+  if (!file)
+    return file.status().with_context(path + ": cannot open backing file");
+  uint8_t head[512];
+  QED_RETURN_IF_ERROR((*file)->pread(head, sizeof head, 0));
+  const std::string probed = probe_format(head, sizeof head);
+  if (format.empty())
+    format = probed;
+  if (format != "raw" && format != "qed")
+    return Status::not_supported(path + ": backing file " + backing + " is in " + format +
+                                 " format; only raw and qed are supported");
+  if (format == "qed" && probed != "qed")
+    return Status::invalid_argument(path + ": backing file " + backing + " is not a QED image");
+  auto file_size = (*file)->size();
+  if (!file_size)
+    return file_size.status();
+  size = *file_size;
+  if (format == "qed") {
+    HeaderBytes bytes;
+    std::copy(head, head + kHeaderBytes, bytes.begin());
+    size = decode_header(bytes).image_size;
+  }
+  return Status::ok();
+}
+
+Status write_new_image(File &file, const Header &h, const std::string &backing_name) {
+  const HeaderBytes bytes = encode_header(h);
+  QED_RETURN_IF_ERROR(file.pwrite(bytes.data(), bytes.size(), 0));
+  if (!backing_name.empty())
+    QED_RETURN_IF_ERROR(file.pwrite(backing_name.data(), backing_name.size(), kHeaderBytes));
+  // The L1 table is all zeroes: extending the file is enough.
+  QED_RETURN_IF_ERROR(file.truncate(uint64_t(1 + h.table_size) * h.cluster_size));
+  return file.sync();
+}
+
+}  // namespace
+
+Status create_image(const std::string &path, const CreateOptions &o) {
+  uint64_t size = o.size;
+  std::string format = o.backing_format;
+  if (!o.backing_file.empty()) {
+    uint64_t backing_size = 0;
+    QED_RETURN_IF_ERROR(inspect_backing(path, o, format, backing_size));
+    if (size == 0)
+      size = backing_size;
+  }
+  size = (size + 511) / 512 * 512;
+  QED_RETURN_IF_ERROR(check_options(path, o, size));
+
+  if (o.overwrite && ::unlink(path.c_str()) < 0 && errno != ENOENT)
+    return Status::io_error(path + ": cannot remove the existing file: " + std::strerror(errno), errno);
+  auto file = open_posix_file(path, OpenMode::kCreate);
+  if (!file) {
+    if (file.status().errno_value() == EEXIST)
+      return Status::invalid_argument(path + ": file exists; refusing to overwrite it");
+    return file.status();
+  }
+  Header h;
+  h.cluster_size = o.cluster_size;
+  h.table_size = o.table_size;
+  h.header_size = 1;
+  h.l1_table_offset = o.cluster_size;
+  h.image_size = size;
+  if (!o.backing_file.empty()) {
+    h.features = kFeatureBackingFile | (format == "raw" ? kFeatureBackingNoProbe : 0);
+    h.backing_filename_offset = kHeaderBytes;
+    h.backing_filename_size = uint32_t(o.backing_file.size());
+  }
+  Status s = write_new_image(**file, h, o.backing_file);
+  if (!s.is_ok())
+    ::unlink(path.c_str());
+  return s;
+}
+
+}  // namespace qed

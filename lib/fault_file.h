@@ -1,0 +1,96 @@
+// Files for tests: an in-memory file, and a wrapper that injects failures and
+// records every mutating operation (the raw material of crash simulation).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <shared_mutex>
+#include <vector>
+
+#include "file.h"
+
+namespace qed {
+
+// A sparse-free in-memory file. mu_ guards data_: readers share it, mutations
+// take it exclusively.
+class MemoryFile final : public File {
+public:
+  explicit MemoryFile(std::string name = "memory") : name_(std::move(name)) {}
+  explicit MemoryFile(std::vector<uint8_t> bytes, std::string name = "memory")
+      : name_(std::move(name)), data_(std::move(bytes)) {}
+
+  const std::string &name() const override { return name_; }
+  Status pread(void *buf, size_t count, uint64_t offset) override;
+  Status pwrite(const void *buf, size_t count, uint64_t offset) override;
+  Status sync() override { return Status::ok(); }
+  Result<uint64_t> size() override;
+  Status truncate(uint64_t size) override;
+  Status extend_to(uint64_t size) override;
+  Status punch_hole(uint64_t offset, uint64_t count) override;
+  Status zero_range(uint64_t offset, uint64_t count) override;
+
+  std::vector<uint8_t> contents() const;
+
+private:
+  const std::string name_;
+  mutable std::shared_mutex mu_;
+  std::vector<uint8_t> data_;  // guarded by mu_
+};
+
+enum class FileOp { kRead, kWrite, kSync, kTruncate, kExtend, kPunch, kZero, kCount };
+
+// Wraps another file. Failures are armed per operation kind; a recorded
+// operation is appended to the log only if it reached the inner file.
+// mu_ guards the log and the failure plan.
+class FaultFile final : public File {
+public:
+  struct Record {
+    FileOp op;
+    uint64_t offset;
+    uint64_t length;
+    std::vector<uint8_t> bytes;  // for kWrite
+  };
+
+  explicit FaultFile(std::shared_ptr<File> inner) : inner_(std::move(inner)) {}
+
+  // The `nth` (1-based, counted from now) call of `op` fails with `err`.
+  void fail_nth(FileOp op, uint64_t nth, int err);
+  // From now on every call of `op` fails with `err` with probability 1/n,
+  // decided by a deterministic generator seeded with `seed`.
+  void fail_one_in(FileOp op, uint32_t n, uint64_t seed, int err);
+  void clear_failures();
+  void set_recording(bool on);
+  std::vector<Record> records() const;
+  uint64_t calls(FileOp op) const { return calls_[size_t(op)].load(); }
+
+  const std::string &name() const override { return inner_->name(); }
+  Status pread(void *buf, size_t count, uint64_t offset) override;
+  Status pwrite(const void *buf, size_t count, uint64_t offset) override;
+  Status sync() override;
+  Result<uint64_t> size() override { return inner_->size(); }
+  Status truncate(uint64_t size) override;
+  Status extend_to(uint64_t size) override;
+  Status punch_hole(uint64_t offset, uint64_t count) override;
+  Status zero_range(uint64_t offset, uint64_t count) override;
+
+private:
+  struct Plan {
+    uint64_t nth = 0;       // 0: not armed
+    uint32_t one_in = 0;    // 0: not armed
+    uint64_t rng = 0;
+    int err = EIO;
+  };
+  Status maybe_fail(FileOp op);
+  void record(FileOp op, uint64_t offset, uint64_t length, const void *bytes);
+
+  std::shared_ptr<File> inner_;
+  std::atomic<uint64_t> calls_[size_t(FileOp::kCount)] = {};
+  mutable std::mutex mu_;
+  Plan plans_[size_t(FileOp::kCount)];  // guarded by mu_
+  bool recording_ = false;              // guarded by mu_
+  std::vector<Record> log_;             // guarded by mu_
+};
+
+}  // namespace qed

@@ -1,0 +1,188 @@
+// Opening and closing an image: header, geometry, backing chain, L1 table,
+// the NEED_CHECK flag and growing.
+#include "image.h"
+
+#include <algorithm>
+
+#include "table.h"
+
+namespace qed {
+
+Image::Image(std::string path, std::unique_ptr<File> file, const Header &header,
+             bool read_only)
+    : path_(std::move(path)),
+      file_(std::move(file)),
+      read_only_(read_only),
+      geo_(header),
+      header_(header),
+      needs_check_on_disk_(header.needs_check()) {}
+
+Image::~Image() = default;
+
+Status Image::error_context(const Status &s) const {
+  // File-level messages already start with the path.
+  if (s.message().rfind(path_, 0) == 0)
+    return s;
+  return s.with_context(path_);
+}
+
+Result<std::unique_ptr<Image>> Image::open(const std::string &path, const OpenOptions &options) {
+  ChainState chain;
+  return open_in_chain(path, options, chain);
+}
+
+Result<std::unique_ptr<Image>> Image::open_in_chain(const std::string &path,
+                                                    const OpenOptions &options,
+                                                    ChainState &chain) {
+  QED_RETURN_IF_ERROR(enter_chain(chain, path));
+  auto file = open_posix_file(path, options.read_only ? OpenMode::kReadOnly : OpenMode::kReadWrite);
+  if (!file)
+    return file.status();
+  return open_file(path, std::move(*file), options, chain);
+}
+
+Result<std::unique_ptr<Image>> Image::open_file(const std::string &path,
+                                                std::unique_ptr<File> file,
+                                                const OpenOptions &options, ChainState &chain) {
+  auto size = file->size();
+  if (!size)
+    return size.status();
+  if (*size < kHeaderBytes)
+    return Status::corruption(path + ": file is too small to be a QED image (" +
+                              std::to_string(*size) + " bytes)");
+  HeaderBytes bytes;
+  QED_RETURN_IF_ERROR(file->pread(bytes.data(), bytes.size(), 0));
+  const Header header = decode_header(bytes);
+  if (Status s = validate_header(header, *size); !s.is_ok())
+    return s.with_context(path);
+  std::unique_ptr<Image> image(new Image(path, std::move(file), header, options.read_only));
+  QED_RETURN_IF_ERROR(image->load(options, chain));
+  return image;
+}
+
+Status Image::load(const OpenOptions &options, ChainState &chain) {
+  std::lock_guard lock(flush_mu_);
+  if (!read_only_ && (header_.autoclear_features & ~kKnownAutoclearFeatures)) {
+    header_.autoclear_features &= kKnownAutoclearFeatures;
+    QED_RETURN_IF_ERROR(write_header_locked());
+    QED_RETURN_IF_ERROR(file_->sync());
+  }
+  if (options.grow_to > header_.image_size && read_only_)
+    return Status::read_only(path_ + ": cannot grow an image opened read-only");
+  if (options.grow_to > header_.image_size)
+    QED_RETURN_IF_ERROR(grow(options.grow_to));
+  else if (options.grow_to && options.grow_to < header_.image_size)
+    return Status::invalid_argument(path_ + ": cannot shrink the image from " +
+                                    std::to_string(header_.image_size) + " to " +
+                                    std::to_string(options.grow_to) + " bytes");
+
+  if (header_.has_backing_file()) {
+    if (!options.allow_backing)
+      return Status::not_supported(path_ + ": the image has a backing file and backing files "
+                                           "are disabled (allow-backing=false)");
+    std::string name(header_.backing_filename_size, '\0');
+    QED_RETURN_IF_ERROR(file_->pread(name.data(), name.size(), header_.backing_filename_offset));
+    if (name.find('\0') != std::string::npos)
+      return Status::corruption(path_ + ": backing file name contains a NUL byte");
+    auto backing = open_backing(path_, name, header_.backing_is_raw(), options, chain);
+    if (!backing)
+      return backing.status();
+    backing_ = std::move(*backing);
+  }
+
+  auto file_size = file_->size();
+  if (!file_size)
+    return file_size.status();
+  std::vector<uint64_t> l1(geo_.l1_entries_used());
+  if (Status s = read_table_entries(*file_, header_.l1_table_offset, l1); !s.is_ok())
+    return error_context(s.with_context("reading the L1 table"));
+
+  MetadataConfig config;
+  config.geometry = geo_;
+  config.l1_offset = header_.l1_table_offset;
+  config.file_size = *file_size;
+  config.cache_bytes = options.cache_bytes;
+  config.writable = !read_only_;
+  config.lenient = read_only_ && header_.needs_check();
+  meta_ = std::make_unique<Metadata>(*file_, config, std::move(l1));
+  // Keep dirty metadata to a fraction of the cache, so a long run of writes
+  // without flushes cannot grow memory past the budget.
+  writeback_threshold_ = std::max<uint64_t>(options.cache_bytes / 4, 512);
+  // TODO(issue 4): run the consistency check on a read-write open of a dirty
+  // image. Until then such an image keeps NEED_CHECK for qemu-img check.
+  may_mark_clean_ = !header_.needs_check();
+  if (!read_only_)
+    probe_hole_punching();
+  return Status::ok();
+}
+
+void Image::probe_hole_punching() {
+  // Punching past the end of the file changes nothing, and tells us whether
+  // the file system can do it at all.
+  auto size = file_->size();
+  can_punch_ = size && file_->punch_hole(*size + geo_.cluster_size(), 4096).is_ok();
+}
+
+Status Image::grow(uint64_t new_size) {
+  new_size = (new_size + 511) / 512 * 512;
+  const uint64_t max = max_image_size(header_.cluster_size, header_.table_size);
+  if (new_size > max)
+    return Status::invalid_argument(path_ + ": cannot grow to " + std::to_string(new_size) +
+                                    " bytes: the largest size for cluster size " +
+                                    std::to_string(header_.cluster_size) + " and table size " +
+                                    std::to_string(header_.table_size) + " is " +
+                                    std::to_string(max) + " bytes");
+  const uint64_t old = header_.image_size;
+  header_.image_size = new_size;
+  Status s = write_header_locked();
+  if (s.is_ok())
+    s = file_->sync();
+  if (!s.is_ok()) {
+    header_.image_size = old;
+    return error_context(s);
+  }
+  geo_ = Geometry(header_);
+  return Status::ok();
+}
+
+Header Image::header() {
+  std::lock_guard lock(flush_mu_);
+  return header_;
+}
+
+Status Image::write_header_locked() {
+  const HeaderBytes bytes = encode_header(header_);
+  // Only the 64 header bytes: whatever follows in the header cluster (the
+  // backing file name) stays as it is.
+  return file_->pwrite(bytes.data(), bytes.size(), 0);
+}
+
+Status Image::mark_needs_check_locked() {
+  if (needs_check_on_disk_)
+    return Status::ok();
+  header_.features |= kFeatureNeedCheck;
+  Status s = write_header_locked();
+  if (!s.is_ok()) {
+    header_.features &= ~kFeatureNeedCheck;
+    return s;
+  }
+  needs_check_on_disk_ = true;
+  return Status::ok();
+}
+
+Status Image::close() {
+  std::lock_guard lock(flush_mu_);
+  if (closed_ || read_only_)
+    return Status::ok();
+  closed_ = true;
+  QED_RETURN_IF_ERROR(flush_locked());
+  if (!needs_check_on_disk_ || !may_mark_clean_)
+    return Status::ok();
+  header_.features &= ~kFeatureNeedCheck;
+  QED_RETURN_IF_ERROR(write_header_locked());
+  QED_RETURN_IF_ERROR(file_->sync());
+  needs_check_on_disk_ = false;
+  return Status::ok();
+}
+
+}  // namespace qed

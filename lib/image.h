@@ -1,0 +1,110 @@
+// One open QED image: the engine's public face. Plugin -> Image -> Metadata and
+// File. Every public method may run on many threads at once.
+//
+// Locks, in the order they may be taken:
+//   flush_mu_ (Image)  serialises flush(), close() and header rewrites; guards
+//                      header_ and needs_check_on_disk_.
+//   Metadata::mu_      guards all table state (see metadata.h).
+// No lock is held during data I/O; flush_mu_ is held across metadata I/O only.
+// The crash-safety protocol is described at the top of image_write.cpp.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "backing.h"
+#include "block_source.h"
+#include "file.h"
+#include "format.h"
+#include "geometry.h"
+#include "metadata.h"
+
+namespace qed {
+
+struct OpenOptions {
+  bool read_only = true;
+  uint64_t cache_bytes = 64ull << 20;  // L2 cache budget per image in the chain
+  bool allow_backing = true;           // false: refuse images with backing files
+  uint64_t grow_to = 0;                // read-write: grow the image to this size
+};
+
+struct ZeroFlags {
+  bool may_trim = true;  // may deallocate instead of writing zeroes
+  bool fua = false;
+  bool fast = false;     // fail with kNotSupported at once if zeroing would be slow
+};
+
+class Image final : public BlockSource {
+public:
+  static Result<std::unique_ptr<Image>> open(const std::string &path, const OpenOptions &options);
+  static Result<std::unique_ptr<Image>> open_in_chain(const std::string &path,
+                                                      const OpenOptions &options,
+                                                      ChainState &chain);
+  // Opens an image on a file the caller made (tests use in-memory and
+  // fault-injecting files). `path` names it in messages and anchors relative
+  // backing file names.
+  static Result<std::unique_ptr<Image>> open_file(const std::string &path,
+                                                  std::unique_ptr<File> file,
+                                                  const OpenOptions &options, ChainState &chain);
+  ~Image() override;
+
+  uint64_t size() const override { return geo_.image_size(); }
+  Status read(void *buf, size_t count, uint64_t pos) override;
+  Result<std::vector<Extent>> extents(uint64_t pos, uint64_t count, size_t max) override;
+
+  Status write(const void *buf, size_t count, uint64_t pos, bool fua);
+  Status zero(uint64_t pos, uint64_t count, ZeroFlags flags);
+  // Frees the host space of the clusters the range covers entirely.
+  Status trim(uint64_t pos, uint64_t count, bool fua);
+  // Makes every write completed before the call durable.
+  Status flush();
+  // Flushes and marks the image clean; the image must not be used afterwards.
+  Status close();
+
+  const std::string &path() const { return path_; }
+  const Geometry &geometry() const { return geo_; }
+  bool read_only() const { return read_only_; }
+  bool has_backing() const { return backing_ != nullptr; }
+  bool can_punch_holes() const { return can_punch_; }
+  Header header();
+
+private:
+  Image(std::string path, std::unique_ptr<File> file, const Header &header, bool read_only);
+
+  Status load(const OpenOptions &options, ChainState &chain);
+  Status grow(uint64_t new_size);
+  Status write_header_locked();
+  Status mark_needs_check_locked();
+  void probe_hole_punching();
+
+  Status write_allocation(Allocation &a, const uint8_t *data, uint64_t pos, uint64_t count);
+  Status fill_from_below(Run::Kind was, uint64_t vpos, uint64_t count, uint64_t host);
+  Status write_range(const uint8_t *data, uint64_t count, uint64_t pos, bool &allocated);
+  Status zero_data(uint64_t host, uint64_t count, ZeroFlags flags);
+  Status zero_unallocated(uint64_t pos, uint64_t count);
+  Status writeback_if_needed();
+  Status flush_locked();
+  Status error_context(const Status &s) const;
+
+  const std::string path_;
+  std::unique_ptr<File> file_;
+  const bool read_only_;
+  Geometry geo_;
+  std::unique_ptr<BlockSource> backing_;
+  std::unique_ptr<Metadata> meta_;
+  bool can_punch_ = false;
+  uint64_t writeback_threshold_ = 0;  // dirty metadata bytes that force a write-back
+
+  std::mutex flush_mu_;
+  Header header_;                     // guarded by flush_mu_
+  bool needs_check_on_disk_ = false;  // guarded by flush_mu_
+  // False when the image came in dirty and was not checked: we must then
+  // leave NEED_CHECK set for a later check.
+  bool may_mark_clean_ = true;        // guarded by flush_mu_
+  bool closed_ = false;               // guarded by flush_mu_
+};
+
+}  // namespace qed

@@ -1,0 +1,68 @@
+// The read side of an image: reads and the extent map.
+#include <algorithm>
+#include <cstring>
+
+#include "image.h"
+
+namespace qed {
+
+Status Image::read(void *buf, size_t count, uint64_t pos) {
+  auto *out = static_cast<uint8_t *>(buf);
+  while (count > 0) {
+    auto run = meta_->lookup(pos, count);
+    if (!run)
+      return error_context(run.status());
+    const size_t n = size_t(run->length);
+    switch (run->kind) {
+    case Run::kData:
+      QED_RETURN_IF_ERROR(file_->pread(out, n, run->host_offset));
+      break;
+    case Run::kZero:
+      std::memset(out, 0, n);
+      break;
+    case Run::kUnallocated:
+      if (backing_)
+        QED_RETURN_IF_ERROR(read_clipped(*backing_, out, n, pos));
+      else
+        std::memset(out, 0, n);
+      break;
+    }
+    out += n;
+    pos += n;
+    count -= n;
+  }
+  return Status::ok();
+}
+
+Result<std::vector<Extent>> Image::extents(uint64_t pos, uint64_t count, size_t max) {
+  std::vector<Extent> out;
+  while (count > 0 && out.size() < max) {
+    auto run = meta_->lookup(pos, count);
+    if (!run)
+      return error_context(run.status());
+    uint64_t done = run->length;
+    if (run->kind == Run::kData) {
+      append_extent(out, {pos, done, false});
+    } else if (run->kind == Run::kUnallocated && backing_ && pos < backing_->size()) {
+      // Unallocated clusters show what lies below them.
+      const uint64_t below = std::min(done, backing_->size() - pos);
+      auto sub = backing_->extents(pos, below, max - out.size() + 1);
+      if (!sub)
+        return sub.status();
+      done = 0;
+      for (const Extent &e : *sub) {
+        append_extent(out, e);
+        done += e.length;
+      }
+      if (done < below)
+        break;  // the backing file gave as many extents as we may return
+    } else {
+      append_extent(out, {pos, done, true});
+    }
+    pos += done;
+    count -= done;
+  }
+  return out;
+}
+
+}  // namespace qed

@@ -1,0 +1,65 @@
+#include "l2_cache.h"
+
+namespace qed {
+
+namespace {
+constexpr size_t kInitialBuckets = 64;
+}
+
+L2Cache::L2Cache(uint64_t budget_bytes)
+    : budget_(budget_bytes),
+      buckets_(kInitialBuckets),
+      index_(Index::bucket_traits(buckets_.data(), buckets_.size())) {}
+
+L2Cache::~L2Cache() {
+  index_.clear_and_dispose([](CachedTable *t) { delete t; });
+}
+
+CachedTable *L2Cache::find(uint64_t offset) {
+  auto it = index_.find(offset);
+  if (it == index_.end())
+    return nullptr;
+  CachedTable &t = *it;
+  t.lru_hook.unlink();
+  lru_.push_back(t);
+  return &t;
+}
+
+CachedTable *L2Cache::insert(std::unique_ptr<CachedTable> table) {
+  CachedTable *t = table.release();
+  bytes_ += t->bytes();
+  index_.insert(*t);
+  lru_.push_back(*t);
+  maybe_rehash();
+  evict_over_budget();
+  return t;
+}
+
+void L2Cache::erase(CachedTable *t) {
+  bytes_ -= t->bytes();
+  index_.erase(index_.iterator_to(*t));
+  delete t;  // the auto-unlink hooks leave the LRU and dirty lists
+}
+
+void L2Cache::account(CachedTable *t, uint64_t old_bytes) {
+  bytes_ = bytes_ - old_bytes + t->bytes();
+}
+
+void L2Cache::evict_over_budget() {
+  auto it = lru_.begin();
+  while (bytes_ > budget_ && it != lru_.end()) {
+    CachedTable &t = *it++;
+    if (t.evictable())
+      erase(&t);
+  }
+}
+
+void L2Cache::maybe_rehash() {
+  if (index_.size() <= buckets_.size())
+    return;
+  std::vector<Index::bucket_type> bigger(buckets_.size() * 2);
+  index_.rehash(Index::bucket_traits(bigger.data(), bigger.size()));
+  buckets_.swap(bigger);
+}
+
+}  // namespace qed

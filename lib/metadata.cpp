@@ -1,0 +1,439 @@
+#include "metadata.h"
+
+#include <algorithm>
+
+namespace qed {
+
+namespace {
+
+struct ClusterKeyLess {
+  bool operator()(uint64_t key, const Inflight &r) const { return key < r.first_cluster; }
+  bool operator()(const Inflight &r, uint64_t key) const { return r.first_cluster < key; }
+};
+
+uint64_t sectors_for(uint64_t entries) {
+  return (entries + kEntriesPerSector - 1) / kEntriesPerSector;
+}
+
+uint64_t round_up(uint64_t v, uint64_t to) { return (v + to - 1) / to * to; }
+
+}  // namespace
+
+Metadata::Metadata(File &file, const MetadataConfig &c, std::vector<uint64_t> l1)
+    : file_(file),
+      geo_(c.geometry),
+      l1_offset_(c.l1_offset),
+      open_file_size_(c.file_size),
+      writable_(c.writable),
+      lenient_(c.lenient),
+      l1_(std::move(l1)),
+      l1_dirty_sectors_(sectors_for(l1_.size())),
+      cache_(c.cache_bytes),
+      file_end_(std::max({round_up(c.file_size, geo_.cluster_size()), geo_.header_bytes(),
+                          c.l1_offset + geo_.table_bytes()})) {
+  // An L1 entry whose table does not fit in the file is the trace of an
+  // interrupted write: treat it as no table (and drop it at the next flush),
+  // so that the space it names can never be handed out twice.
+  for (uint64_t i = 0; i < l1_.size(); i++) {
+    const uint64_t off = l1_[i];
+    if (off != 0 && (off > open_file_size_ || geo_.table_bytes() > open_file_size_ - off)) {
+      l1_[i] = 0;
+      if (writable_)
+        mark_l1_dirty(i);
+    }
+  }
+}
+
+Metadata::~Metadata() { inflight_.clear(); }
+
+Metadata::EntryKind Metadata::classify(uint64_t e) const {
+  if (e == kEntryUnallocated)
+    return EntryKind::kUnallocated;
+  if (e == kEntryZero)
+    return EntryKind::kZero;
+  const uint64_t cs = geo_.cluster_size();
+  if (!geo_.is_cluster_aligned(e) || e < geo_.header_bytes() ||
+      (e >= l1_offset_ && e - l1_offset_ < geo_.table_bytes()))
+    return lenient_ ? EntryKind::kUnallocated : EntryKind::kInvalid;
+  if (e > file_end_ - cs)  // past the end of the file: reads as unallocated
+    return EntryKind::kUnallocated;
+  return EntryKind::kData;
+}
+
+Status Metadata::invalid_entry(uint64_t e, uint64_t pos) const {
+  return Status::corruption("L2 entry for virtual offset " + std::to_string(pos) +
+                            " holds invalid cluster offset " + std::to_string(e) +
+                            " (misaligned, or inside the header or L1 table)");
+}
+
+Status Metadata::check_table_offset(uint64_t l1_index, uint64_t off) const {
+  const uint64_t tb = geo_.table_bytes();
+  if (!geo_.is_cluster_aligned(off) || off < geo_.header_bytes() ||
+      (off < l1_offset_ + tb && l1_offset_ < off + tb) || off > file_end_ - tb)
+    return Status::corruption("L1 entry " + std::to_string(l1_index) +
+                              " holds invalid L2 table offset " + std::to_string(off));
+  return Status::ok();
+}
+
+uint64_t Metadata::image_clusters_from(uint64_t cluster) const {
+  const uint64_t total = geo_.clusters_for(geo_.image_size());
+  return cluster < total ? total - cluster : 0;
+}
+
+Result<CachedTable *> Metadata::get_table(std::unique_lock<std::mutex> &lock,
+                                          uint64_t l1_index) {
+  for (;;) {
+    const uint64_t off = l1_[l1_index];
+    if (off == 0)
+      return static_cast<CachedTable *>(nullptr);
+    QED_RETURN_IF_ERROR(check_table_offset(l1_index, off));
+    CachedTable *t = cache_.find(off);
+    if (!t)
+      return load_table(lock, l1_index, off);
+    if (!t->loading())
+      return t;
+    // Another request is reading this table: wait for it, not for others.
+    std::shared_ptr<LoadLatch> latch = t->latch;
+    latch->cv.wait(lock, [&] { return latch->done; });
+    if (!latch->status.is_ok())
+      return latch->status;
+  }
+}
+
+Result<CachedTable *> Metadata::load_table(std::unique_lock<std::mutex> &lock,
+                                           uint64_t l1_index, uint64_t off) {
+  CachedTable *t = cache_.insert(std::make_unique<CachedTable>(off));
+  std::shared_ptr<LoadLatch> latch = std::make_shared<LoadLatch>();
+  t->latch = latch;
+  std::vector<uint64_t> entries(geo_.l2_entries_used(l1_index));
+
+  lock.unlock();
+  Status s = read_table_entries(file_, off, entries);
+  lock.lock();
+
+  latch->done = true;
+  latch->status = s;
+  if (!s.is_ok()) {
+    cache_.erase(t);
+    latch->cv.notify_all();
+    return s;
+  }
+  const uint64_t old_bytes = t->bytes();
+  t->entries = std::move(entries);
+  t->dirty_sectors.assign(sectors_for(t->entries.size()), false);
+  t->latch.reset();
+  cache_.account(t, old_bytes);
+  sanitize_loaded(t);
+  latch->cv.notify_all();
+  t->pins++;  // keep it while making room for it
+  cache_.evict_over_budget();
+  t->pins--;
+  return t;
+}
+
+void Metadata::sanitize_loaded(CachedTable *t) {
+  if (session_tables_.count(t->offset))
+    return;
+  const uint64_t cs = geo_.cluster_size();
+  for (uint64_t i = 0; i < t->entries.size(); i++) {
+    const uint64_t e = t->entries[i];
+    // A cluster reaching past the file size at open was never written:
+    // forget it before the space is reused for something else.
+    if (e > kEntryZero && (e > open_file_size_ || cs > open_file_size_ - e)) {
+      if (writable_)
+        set_entry(t, i, kEntryUnallocated);
+      else
+        t->entries[i] = kEntryUnallocated;
+    }
+  }
+}
+
+CachedTable *Metadata::create_table(uint64_t l1_index) {
+  const uint64_t off = file_end_;
+  file_end_ += geo_.table_bytes();
+  l1_[l1_index] = off;
+  mark_l1_dirty(l1_index);
+  auto table = std::make_unique<CachedTable>(off);
+  table->entries.assign(geo_.l2_entries_used(l1_index), kEntryUnallocated);
+  table->dirty_sectors.assign(sectors_for(table->entries.size()), false);
+  // The reserved space reads as zeroes, so the table needs no write until an
+  // entry changes; flush extends the file over it before L1 points at it.
+  session_tables_.insert(off);
+  CachedTable *t = cache_.insert(std::move(table));
+  return t;
+}
+
+void Metadata::set_entry(CachedTable *t, uint64_t index, uint64_t value) {
+  t->entries[index] = value;
+  const uint64_t sector = index / kEntriesPerSector;
+  if (!t->dirty_sectors[sector]) {
+    t->dirty_sectors[sector] = true;
+    t->dirty_count++;
+    dirty_bytes_ += 512;
+  }
+  if (!t->dirty_hook.is_linked())
+    dirty_tables_.push_back(*t);
+}
+
+void Metadata::mark_l1_dirty(uint64_t index) {
+  l1_dirty_sectors_[index / kEntriesPerSector] = true;
+}
+
+Run Metadata::unallocated_run(uint64_t l1_index, uint64_t pos, uint64_t len) const {
+  // Runs of empty L1 entries are merged, so a sparse image maps in a few steps.
+  uint64_t end = geo_.l2_span_start(l1_index) + geo_.l2_span_bytes();
+  uint64_t next = l1_index + 1;
+  while (end - pos < len && next < l1_.size() && l1_[next] == 0) {
+    end += geo_.l2_span_bytes();
+    next++;
+  }
+  return Run{Run::kUnallocated, std::min(len, end - pos), 0};
+}
+
+Result<Run> Metadata::run_in_table(CachedTable *t, uint64_t pos, uint64_t len) {
+  const uint64_t cs = geo_.cluster_size();
+  const uint64_t first = geo_.l2_index(pos);
+  const uint64_t in_cluster = geo_.offset_in_cluster(pos);
+  const uint64_t span_left = geo_.l2_span_start(geo_.l1_index(pos)) + geo_.l2_span_bytes() - pos;
+  len = std::min(len, span_left);
+  const uint64_t want = std::min<uint64_t>(geo_.clusters_for(in_cluster + len),
+                                           t->entries.size() - first);
+  const uint64_t e0 = t->entries[first];
+  const EntryKind kind = classify(e0);
+  if (kind == EntryKind::kInvalid)
+    return invalid_entry(e0, pos);
+  uint64_t n = 1;
+  while (n < want) {
+    const uint64_t e = t->entries[first + n];
+    if (classify(e) != kind || (kind == EntryKind::kData && e != e0 + n * cs))
+      break;
+    n++;
+  }
+  Run run;
+  run.kind = kind == EntryKind::kData ? Run::kData
+             : kind == EntryKind::kZero ? Run::kZero
+                                        : Run::kUnallocated;
+  run.length = std::min(len, n * cs - in_cluster);
+  run.host_offset = kind == EntryKind::kData ? e0 + in_cluster : 0;
+  return run;
+}
+
+Result<Run> Metadata::lookup(uint64_t pos, uint64_t len) {
+  std::unique_lock lock(mu_);
+  const uint64_t l1_index = geo_.l1_index(pos);
+  auto t = get_table(lock, l1_index);
+  if (!t)
+    return t.status();
+  if (*t == nullptr)
+    return unallocated_run(l1_index, pos, len);
+  return run_in_table(*t, pos, len);
+}
+
+Inflight *Metadata::find_inflight(uint64_t cluster) {
+  auto it = inflight_.upper_bound(cluster, ClusterKeyLess());
+  if (it == inflight_.begin())
+    return nullptr;
+  --it;
+  return cluster - it->first_cluster < it->count ? &*it : nullptr;
+}
+
+uint64_t Metadata::next_inflight_start(uint64_t cluster) {
+  auto it = inflight_.upper_bound(cluster, ClusterKeyLess());
+  return it == inflight_.end() ? UINT64_MAX : it->first_cluster;
+}
+
+void Metadata::remove_inflight(Inflight &record) {
+  inflight_.erase(inflight_.iterator_to(record));
+  record.done = true;
+  record.done_cv.notify_all();
+}
+
+Result<WritePlan> Metadata::plan_write(uint64_t pos, uint64_t len) {
+  std::unique_lock lock(mu_);
+  if (!writable_)
+    return Status::read_only(file_.name() + ": image is open read-only");
+  for (;;) {
+    const uint64_t l1_index = geo_.l1_index(pos);
+    auto got = get_table(lock, l1_index);
+    if (!got)
+      return got.status();
+    CachedTable *t = *got ? *got : create_table(l1_index);
+    const uint64_t first = geo_.l2_index(pos);
+    const EntryKind kind = classify(t->entries[first]);
+    if (kind == EntryKind::kInvalid)
+      return invalid_entry(t->entries[first], pos);
+    if (kind == EntryKind::kData) {
+      auto run = run_in_table(t, pos, len);
+      if (!run)
+        return run.status();
+      return WritePlan{false, *run, {}};
+    }
+    const uint64_t cluster = pos >> geo_.cluster_bits();
+    if (Inflight *busy = find_inflight(cluster)) {
+      // Wait for that allocation only, then look again: it owns the cluster now.
+      std::shared_ptr<Inflight> keep = busy->shared_from_this();
+      keep->done_cv.wait(lock, [&] { return keep->done; });
+      continue;
+    }
+    const uint64_t want = std::min({geo_.clusters_for(geo_.offset_in_cluster(pos) + len),
+                                    uint64_t(t->entries.size() - first),
+                                    image_clusters_from(cluster),
+                                    next_inflight_start(cluster) - cluster});
+    uint64_t n = 1;
+    EntryKind last = kind;
+    while (n < want) {
+      const EntryKind k = classify(t->entries[first + n]);
+      if (k == EntryKind::kData || k == EntryKind::kInvalid)
+        break;
+      last = k;
+      n++;
+    }
+    Allocation a;
+    a.virtual_offset = cluster << geo_.cluster_bits();
+    a.clusters = n;
+    a.host_offset = file_end_;
+    a.first_kind = kind == EntryKind::kZero ? Run::kZero : Run::kUnallocated;
+    a.last_kind = last == EntryKind::kZero ? Run::kZero : Run::kUnallocated;
+    a.record = std::make_shared<Inflight>(cluster, n);
+    file_end_ += n * geo_.cluster_size();
+    inflight_.insert(*a.record);
+    return WritePlan{true, {}, std::move(a)};
+  }
+}
+
+Status Metadata::commit(Allocation &a) {
+  std::unique_lock lock(mu_);
+  auto t = get_table(lock, geo_.l1_index(a.virtual_offset));
+  Status s = t.status();
+  if (t.is_ok() && *t == nullptr)
+    s = Status::corruption("L2 table vanished during an allocation");
+  if (s.is_ok()) {
+    const uint64_t first = geo_.l2_index(a.virtual_offset);
+    for (uint64_t i = 0; i < a.clusters; i++)
+      set_entry(*t, first + i, a.host_offset + i * geo_.cluster_size());
+  }
+  remove_inflight(*a.record);
+  return s;
+}
+
+void Metadata::abandon(Allocation &a) {
+  std::lock_guard lock(mu_);
+  remove_inflight(*a.record);
+}
+
+Result<uint64_t> Metadata::mark_zero(uint64_t pos, uint64_t clusters) {
+  std::unique_lock lock(mu_);
+  if (!writable_)
+    return Status::read_only(file_.name() + ": image is open read-only");
+  for (;;) {
+    const uint64_t l1_index = geo_.l1_index(pos);
+    auto got = get_table(lock, l1_index);
+    if (!got)
+      return got.status();
+    CachedTable *t = *got ? *got : create_table(l1_index);
+    const uint64_t first = geo_.l2_index(pos);
+    const uint64_t cluster = pos >> geo_.cluster_bits();
+    if (Inflight *busy = find_inflight(cluster)) {
+      std::shared_ptr<Inflight> keep = busy->shared_from_this();
+      keep->done_cv.wait(lock, [&] { return keep->done; });
+      continue;
+    }
+    const uint64_t want = std::min({clusters, uint64_t(t->entries.size() - first),
+                                    next_inflight_start(cluster) - cluster});
+    uint64_t n = 0;
+    for (; n < want; n++) {
+      const EntryKind k = classify(t->entries[first + n]);
+      if (k == EntryKind::kData || k == EntryKind::kInvalid)
+        break;
+      if (t->entries[first + n] != kEntryZero)
+        set_entry(t, first + n, kEntryZero);
+    }
+    return n;
+  }
+}
+
+Writeback Metadata::take_dirty() {
+  std::lock_guard lock(mu_);
+  Writeback w;
+  w.file_end = file_end_;
+  for (CachedTable &t : dirty_tables_) {
+    session_tables_.insert(t.offset);
+    const uint64_t sectors = t.dirty_sectors.size();
+    for (uint64_t s = 0; s < sectors;) {
+      if (!t.dirty_sectors[s]) {
+        s++;
+        continue;
+      }
+      uint64_t e = s;
+      while (e < sectors && t.dirty_sectors[e])
+        t.dirty_sectors[e++] = false;
+      const uint64_t first = s * kEntriesPerSector;
+      const uint64_t count = std::min<uint64_t>((e - s) * kEntriesPerSector,
+                                                t.entries.size() - first);
+      w.tables.push_back({t.offset + first * 8,
+                          encode_entries({t.entries.data() + first, count}), &t, s, e - s});
+      t.pins++;
+      s = e;
+    }
+    t.dirty_count = 0;
+  }
+  dirty_tables_.clear();
+  const uint64_t l1_sectors = l1_dirty_sectors_.size();
+  for (uint64_t s = 0; s < l1_sectors;) {
+    if (!l1_dirty_sectors_[s]) {
+      s++;
+      continue;
+    }
+    uint64_t e = s;
+    while (e < l1_sectors && l1_dirty_sectors_[e])
+      l1_dirty_sectors_[e++] = false;
+    const uint64_t first = s * kEntriesPerSector;
+    const uint64_t count = std::min<uint64_t>((e - s) * kEntriesPerSector, l1_.size() - first);
+    w.l1.push_back({l1_offset_ + first * 8, encode_entries({l1_.data() + first, count}),
+                    nullptr, s, e - s});
+    s = e;
+  }
+  dirty_bytes_ = 0;
+  return w;
+}
+
+void Metadata::finish_writeback(Writeback &w, bool written) {
+  std::lock_guard lock(mu_);
+  for (Writeback::Piece &p : w.tables) {
+    CachedTable *t = p.table;
+    t->pins--;
+    if (written)
+      continue;
+    for (uint64_t s = p.first_sector; s < p.first_sector + p.sectors; s++) {
+      if (!t->dirty_sectors[s]) {
+        t->dirty_sectors[s] = true;
+        t->dirty_count++;
+        dirty_bytes_ += 512;
+      }
+    }
+    if (!t->dirty_hook.is_linked())
+      dirty_tables_.push_back(*t);
+  }
+  if (!written)
+    for (Writeback::Piece &p : w.l1)
+      for (uint64_t s = p.first_sector; s < p.first_sector + p.sectors; s++)
+        l1_dirty_sectors_[s] = true;
+  cache_.evict_over_budget();
+}
+
+uint64_t Metadata::dirty_bytes() {
+  std::lock_guard lock(mu_);
+  return dirty_bytes_;
+}
+
+uint64_t Metadata::file_end() {
+  std::lock_guard lock(mu_);
+  return file_end_;
+}
+
+uint64_t Metadata::cache_bytes() {
+  std::lock_guard lock(mu_);
+  return cache_.bytes();
+}
+
+}  // namespace qed

@@ -1,0 +1,171 @@
+// The image's metadata in memory: the L1 table, the L2 cache, the end of the
+// file, the allocations in flight and the changes not yet written back.
+//
+// Locking. mu_ guards every member below it. It is held only for in-memory
+// work, never across I/O: a table miss drops mu_ while the table is read (other
+// requests for that table wait on its LoadLatch; requests for other tables go
+// on), and callers do all data I/O without it. Lock order: Image::flush_mu_
+// before mu_.
+//
+// Allocation. A write that needs clusters reserves them at the end of the file
+// and registers an Inflight record for its virtual clusters in the intrusive
+// set inflight_. Another request touching one of those clusters waits on that
+// record only; requests for other clusters never wait. When the data is
+// written, commit() points the L2 entries at it and wakes the waiters.
+//
+// Write-back. commit(), mark_zero() and new tables change metadata only in
+// memory and mark the changed 512-byte sectors dirty; take_dirty() hands them
+// to Image::flush(), which orders the writes (see the protocol in image.h).
+#pragma once
+
+#include <boost/intrusive/set.hpp>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <unordered_set>
+#include <vector>
+
+#include "file.h"
+#include "geometry.h"
+#include "l2_cache.h"
+#include "table.h"
+
+namespace qed {
+
+// What a run of virtual bytes maps to.
+struct Run {
+  enum Kind { kUnallocated, kZero, kData };
+  Kind kind;
+  uint64_t length;       // bytes, > 0
+  uint64_t host_offset;  // kData: file offset of the first byte
+};
+
+// Clusters reserved for one allocating request, from plan_write() to commit()
+// or abandon().
+struct Inflight : bi::set_base_hook<>, std::enable_shared_from_this<Inflight> {
+  Inflight(uint64_t first, uint64_t n) : first_cluster(first), count(n) {}
+  uint64_t first_cluster;  // virtual cluster index
+  uint64_t count;
+  std::condition_variable done_cv;
+  bool done = false;
+};
+
+struct Allocation {
+  uint64_t virtual_offset;  // cluster aligned
+  uint64_t clusters;
+  uint64_t host_offset;     // first reserved cluster
+  Run::Kind first_kind;     // what the first cluster held (kUnallocated or kZero)
+  Run::Kind last_kind;      // what the last cluster held
+  std::shared_ptr<Inflight> record;
+};
+
+// A plan for the start of a write: an in-place run or an allocation.
+struct WritePlan {
+  bool allocate;
+  Run in_place;            // when !allocate (kind kData)
+  Allocation allocation;   // when allocate
+};
+
+// Byte runs to write back, ordered: tables first, then L1 (see image.h).
+struct Writeback {
+  struct Piece {
+    uint64_t file_offset;
+    std::vector<uint8_t> bytes;
+    CachedTable *table;              // null for L1 pieces
+    uint64_t first_sector, sectors;  // to re-mark if the write fails
+  };
+  std::vector<Piece> tables;
+  std::vector<Piece> l1;
+  uint64_t file_end = 0;  // the file must reach this before tables point into it
+  bool empty() const { return tables.empty() && l1.empty(); }
+};
+
+struct InflightLess {
+  bool operator()(const Inflight &a, const Inflight &b) const {
+    return a.first_cluster < b.first_cluster;
+  }
+};
+
+struct MetadataConfig {
+  Geometry geometry;
+  uint64_t l1_offset;
+  uint64_t file_size;      // at open
+  uint64_t cache_bytes;
+  bool writable;
+  bool lenient;            // invalid entries read as unallocated (dirty, read-only)
+};
+
+class Metadata {
+public:
+  // `l1` holds geometry.l1_entries_used() entries read from the file.
+  Metadata(File &file, const MetadataConfig &config, std::vector<uint64_t> l1);
+  ~Metadata();
+
+  // The longest run at `pos` (at most `len` bytes) of one kind; data runs are
+  // physically contiguous.
+  Result<Run> lookup(uint64_t pos, uint64_t len);
+
+  // Plans the start of a write at `pos` of `len` bytes.
+  Result<WritePlan> plan_write(uint64_t pos, uint64_t len);
+  // Points the L2 entries at the written clusters and wakes waiters.
+  Status commit(Allocation &allocation);
+  // Gives up an allocation (its clusters leak until the next check).
+  void abandon(Allocation &allocation);
+
+  // Turns unallocated clusters at `pos` (cluster aligned) into zero clusters,
+  // stopping at the first cluster that is data; returns the clusters handled
+  // (zero clusters count as handled), at most `clusters`.
+  Result<uint64_t> mark_zero(uint64_t pos, uint64_t clusters);
+
+  Writeback take_dirty();
+  void finish_writeback(Writeback &writeback, bool written);
+  uint64_t dirty_bytes();
+  uint64_t file_end();
+  uint64_t cache_bytes();
+
+private:
+  using InflightSet =
+      bi::set<Inflight, bi::compare<InflightLess>, bi::constant_time_size<false>>;
+
+  Result<CachedTable *> get_table(std::unique_lock<std::mutex> &lock, uint64_t l1_index);
+  Result<CachedTable *> load_table(std::unique_lock<std::mutex> &lock, uint64_t l1_index,
+                                   uint64_t table_offset);
+  CachedTable *create_table(uint64_t l1_index);
+  void sanitize_loaded(CachedTable *table);
+  Status check_table_offset(uint64_t l1_index, uint64_t offset) const;
+  enum class EntryKind { kUnallocated, kZero, kData, kInvalid };
+  EntryKind classify(uint64_t entry) const;
+  Status invalid_entry(uint64_t entry, uint64_t pos) const;
+  void remove_inflight(Inflight &record);
+  uint64_t image_clusters_from(uint64_t cluster) const;
+  Result<Run> run_in_table(CachedTable *t, uint64_t pos, uint64_t len);
+  Run unallocated_run(uint64_t l1_index, uint64_t pos, uint64_t len) const;
+  Inflight *find_inflight(uint64_t cluster);
+  uint64_t next_inflight_start(uint64_t cluster);
+  void set_entry(CachedTable *t, uint64_t index, uint64_t value);
+  void mark_l1_dirty(uint64_t index);
+
+  File &file_;
+  const Geometry geo_;
+  const uint64_t l1_offset_;
+  const uint64_t open_file_size_;  // entries reaching past it are crash traces
+  const bool writable_;
+  const bool lenient_;
+
+  std::mutex mu_;
+  std::vector<uint64_t> l1_;              // guarded by mu_
+  std::vector<bool> l1_dirty_sectors_;    // guarded by mu_
+  L2Cache cache_;                         // guarded by mu_
+  bi::list<CachedTable,
+           bi::member_hook<CachedTable, DirtyHook, &CachedTable::dirty_hook>,
+           bi::constant_time_size<false>>
+      dirty_tables_;                      // guarded by mu_
+  uint64_t dirty_bytes_ = 0;              // guarded by mu_ (approximate)
+  uint64_t file_end_;                     // guarded by mu_: next cluster to allocate
+  InflightSet inflight_;                  // guarded by mu_
+  // Tables written by this process; their entries past open_file_size_ are
+  // ours, while such entries in older tables are traces of a crash.
+  std::unordered_set<uint64_t> session_tables_;  // guarded by mu_
+};
+
+}  // namespace qed

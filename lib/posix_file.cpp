@@ -1,0 +1,159 @@
+#include "posix_file.h"
+
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <sys/stat.h>
+
+#include <cstring>
+
+namespace qed {
+
+namespace {
+
+bool is_unsupported(int err) { return err == EOPNOTSUPP || err == ENOSYS || err == ENOTTY; }
+
+}  // namespace
+
+Status PosixFile::error(const std::string &what, uint64_t offset, int err) const {
+  return Status::io_error(path_ + ": " + what + " at offset " + std::to_string(offset) +
+                              ": " + std::strerror(err),
+                          err);
+}
+
+Status PosixFile::pread(void *buf, size_t count, uint64_t offset) {
+  auto *p = static_cast<uint8_t *>(buf);
+  while (count > 0) {
+    ssize_t r = ::pread(fd_.get(), p, count, off_t(offset));
+    if (r < 0) {
+      if (errno == EINTR)
+        continue;
+      return error("read", offset, errno);
+    }
+    if (r == 0) {  // end of file: the rest reads as zeroes
+      std::memset(p, 0, count);
+      return Status::ok();
+    }
+    p += r;
+    count -= size_t(r);
+    offset += uint64_t(r);
+  }
+  return Status::ok();
+}
+
+Status PosixFile::pwrite(const void *buf, size_t count, uint64_t offset) {
+  const auto *p = static_cast<const uint8_t *>(buf);
+  while (count > 0) {
+    ssize_t r = ::pwrite(fd_.get(), p, count, off_t(offset));
+    if (r < 0) {
+      if (errno == EINTR)
+        continue;
+      return error("write", offset, errno);
+    }
+    p += r;
+    count -= size_t(r);
+    offset += uint64_t(r);
+  }
+  return Status::ok();
+}
+
+Status PosixFile::sync() {
+  if (::fdatasync(fd_.get()) < 0)
+    return Status::io_error(path_ + ": fdatasync: " + std::strerror(errno), errno);
+  return Status::ok();
+}
+
+Result<uint64_t> PosixFile::size() {
+  struct stat st;
+  if (::fstat(fd_.get(), &st) < 0)
+    return Status::io_error(path_ + ": fstat: " + std::strerror(errno), errno);
+  if (S_ISBLK(st.st_mode)) {
+    off_t end = ::lseek(fd_.get(), 0, SEEK_END);
+    if (end < 0)
+      return Status::io_error(path_ + ": lseek: " + std::strerror(errno), errno);
+    return uint64_t(end);
+  }
+  return uint64_t(st.st_size);
+}
+
+Status PosixFile::truncate(uint64_t size) {
+  if (::ftruncate(fd_.get(), off_t(size)) < 0)
+    return error("truncate", size, errno);
+  return Status::ok();
+}
+
+Status PosixFile::extend_to(uint64_t size) {
+  if (size == 0)
+    return Status::ok();
+  // fallocate() of the last byte grows the file and never changes data, so it
+  // is safe while other threads write near the end.
+  if (::fallocate(fd_.get(), 0, off_t(size - 1), 1) == 0)
+    return Status::ok();
+  if (!is_unsupported(errno))
+    return error("fallocate", size - 1, errno);
+  std::lock_guard lock(extend_mu_);
+  auto current = this->size();
+  if (!current)
+    return current.status();
+  return *current >= size ? Status::ok() : truncate(size);
+}
+
+Status PosixFile::punch_hole(uint64_t offset, uint64_t count) {
+  if (::fallocate(fd_.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off_t(offset),
+                  off_t(count)) == 0)
+    return Status::ok();
+  if (is_unsupported(errno))
+    return Status::not_supported(path_ + ": punching holes is not supported");
+  return error("punch hole", offset, errno);
+}
+
+Status PosixFile::zero_range(uint64_t offset, uint64_t count) {
+  if (::fallocate(fd_.get(), FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, off_t(offset),
+                  off_t(count)) == 0)
+    return Status::ok();
+  if (is_unsupported(errno))
+    return Status::not_supported(path_ + ": zeroing ranges is not supported");
+  return error("zero range", offset, errno);
+}
+
+Result<File::Run> PosixFile::probe_run(uint64_t offset, uint64_t limit) {
+  off_t data = ::lseek(fd_.get(), off_t(offset), SEEK_DATA);
+  if (data < 0) {
+    if (errno == ENXIO)  // no data after offset: the rest is a hole
+      return Run{true, limit};
+    if (is_unsupported(errno) || errno == EINVAL)
+      return Run{false, limit};
+    return error("seek data", offset, errno);
+  }
+  if (uint64_t(data) > offset)
+    return Run{true, std::min(limit, uint64_t(data) - offset)};
+  off_t hole = ::lseek(fd_.get(), off_t(offset), SEEK_HOLE);
+  if (hole < 0)
+    return error("seek hole", offset, errno);
+  return Run{false, std::min(limit, uint64_t(hole) - offset)};
+}
+
+Result<std::unique_ptr<File>> open_posix_file(const std::string &path, OpenMode mode) {
+  int flags = O_CLOEXEC | O_NOCTTY | O_NONBLOCK;
+  switch (mode) {
+  case OpenMode::kReadOnly: flags |= O_RDONLY; break;
+  case OpenMode::kReadWrite: flags |= O_RDWR; break;
+  case OpenMode::kCreate: flags |= O_RDWR | O_CREAT | O_EXCL; break;
+  }
+  // O_NONBLOCK keeps open() of a FIFO from hanging; we refuse FIFOs below.
+  UniqueFd fd(::open(path.c_str(), flags, 0644));
+  if (fd.get() < 0)
+    return Status::io_error(path + ": " + std::strerror(errno), errno);
+  struct stat st;
+  if (::fstat(fd.get(), &st) < 0)
+    return Status::io_error(path + ": fstat: " + std::strerror(errno), errno);
+  if (S_ISDIR(st.st_mode))
+    return Status::invalid_argument(path + ": is a directory, not an image file");
+  if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
+    return Status::invalid_argument(path + ": is not a regular file or block device");
+  int fl = ::fcntl(fd.get(), F_GETFL);
+  if (fl < 0 || ::fcntl(fd.get(), F_SETFL, fl & ~O_NONBLOCK) < 0)
+    return Status::io_error(path + ": fcntl: " + std::strerror(errno), errno);
+  return std::unique_ptr<File>(std::make_unique<PosixFile>(path, std::move(fd)));
+}
+
+}  // namespace qed

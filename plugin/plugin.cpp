@@ -1,0 +1,227 @@
+// nbdkit-qed-plugin: serves a QED image over NBD. Each callback is a thin
+// adapter onto qed::Image; networking, TLS and threads are nbdkit's.
+//
+// One Image serves every connection. It is opened read-only in .get_ready (so
+// a bad image stops nbdkit at start-up with a clear message) and reopened
+// read-write by the first connection that may write (.open tells us whether
+// nbdkit runs with -r). Image is thread-safe, hence THREAD_MODEL PARALLEL and
+// can_multi_conn: flush covers every connection's writes.
+#define NBDKIT_API_VERSION 2
+#include <nbdkit-plugin.h>
+
+#include <cstdio>
+#include <memory>
+#include <mutex>
+
+#include "config.h"
+#include "create.h"
+#include "errors.h"
+#include "image.h"
+
+#define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
+
+namespace qed_plugin {
+namespace {
+
+// served_mu guards `served` and `served_writable`; connections keep their own
+// reference to the Image they opened.
+std::mutex served_mu;
+std::shared_ptr<qed::Image> served;
+bool served_writable = false;
+
+struct Handle {
+  std::shared_ptr<qed::Image> image;
+};
+
+qed::Image &image_of(void *handle) { return *static_cast<Handle *>(handle)->image; }
+
+qed::OpenOptions open_options(bool read_only) {
+  const Config &c = config();
+  qed::OpenOptions o;
+  o.read_only = read_only;
+  o.cache_bytes = c.cache_bytes;
+  o.allow_backing = c.allow_backing;
+  o.grow_to = read_only || c.create ? 0 : c.size;
+  return o;
+}
+
+int open_served(bool read_only) {
+  auto image = qed::Image::open(config().file, open_options(read_only));
+  if (!image)
+    return report(image.status());
+  served = std::move(*image);
+  served_writable = !read_only;
+  return 0;
+}
+
+int qed_get_ready() {
+  return guarded([] {
+    const Config &c = config();
+    if (c.create) {
+      if (qed::Status s = qed::create_image(c.file, c.create_options); !s.is_ok())
+        return report(s);
+    }
+    std::lock_guard lock(served_mu);
+    return open_served(true);
+  });
+}
+
+void qed_cleanup() {
+  guarded([] {
+    std::lock_guard lock(served_mu);
+    if (served && served_writable)
+      report(served->close());
+    served.reset();
+    return 0;
+  });
+}
+
+void *qed_open(int readonly) {
+  Handle *h = nullptr;
+  guarded([&] {
+    std::lock_guard lock(served_mu);
+    if (!readonly && !served_writable) {
+      if (!served)
+        return report(qed::Status::io_error("image is not open", EIO));
+      // Drop the read-only instance first: the file must have one owner.
+      served.reset();
+      if (open_served(false) == -1)
+        return -1;
+    }
+    h = new Handle{served};
+    return 0;
+  });
+  return h;
+}
+
+void qed_close(void *handle) { delete static_cast<Handle *>(handle); }
+
+int64_t qed_get_size(void *handle) {
+  return int64_t(image_of(handle).size());
+}
+
+int qed_block_size(void *handle, uint32_t *minimum, uint32_t *preferred, uint32_t *maximum) {
+  const uint64_t cs = image_of(handle).geometry().cluster_size();
+  *minimum = 1;  // any byte range works; we do read-modify-write ourselves
+  *preferred = uint32_t(std::min<uint64_t>(cs, 32u << 20));
+  *maximum = 0xffffffff;
+  return 0;
+}
+
+int qed_can_write(void *handle) { return !image_of(handle).read_only(); }
+int qed_can_flush(void *) { return 1; }
+int qed_can_trim(void *) { return 1; }
+int qed_can_zero(void *) { return 1; }
+int qed_can_fast_zero(void *) { return 1; }
+int qed_can_extents(void *) { return 1; }
+int qed_can_fua(void *) { return NBDKIT_FUA_NATIVE; }
+int qed_can_multi_conn(void *) { return 1; }
+
+int qed_pread(void *handle, void *buf, uint32_t count, uint64_t offset, uint32_t) {
+  return guarded([&] { return report(image_of(handle).read(buf, count, offset)); });
+}
+
+int qed_pwrite(void *handle, const void *buf, uint32_t count, uint64_t offset,
+               uint32_t flags) {
+  return guarded([&] {
+    return report(image_of(handle).write(buf, count, offset, flags & NBDKIT_FLAG_FUA));
+  });
+}
+
+int qed_flush(void *handle, uint32_t) {
+  return guarded([&] { return report(image_of(handle).flush()); });
+}
+
+int qed_trim(void *handle, uint32_t count, uint64_t offset, uint32_t flags) {
+  return guarded([&] {
+    return report(image_of(handle).trim(offset, count, flags & NBDKIT_FLAG_FUA));
+  });
+}
+
+int qed_zero(void *handle, uint32_t count, uint64_t offset, uint32_t flags) {
+  return guarded([&] {
+    qed::ZeroFlags z;
+    z.may_trim = flags & NBDKIT_FLAG_MAY_TRIM;
+    z.fua = flags & NBDKIT_FLAG_FUA;
+    z.fast = flags & NBDKIT_FLAG_FAST_ZERO;
+    qed::Status s = image_of(handle).zero(offset, count, z);
+    if (z.fast && s.code() == qed::Status::Code::kNotSupported) {
+      nbdkit_set_error(ENOTSUP);  // expected, not worth a log line
+      return -1;
+    }
+    return report(s);
+  });
+}
+
+int qed_extents(void *handle, uint32_t count, uint64_t offset, uint32_t flags,
+                struct nbdkit_extents *extents) {
+  return guarded([&] {
+    const size_t max = (flags & NBDKIT_FLAG_REQ_ONE) ? 1 : 65536;
+    auto list = image_of(handle).extents(offset, count, max);
+    if (!list)
+      return report(list.status());
+    for (const qed::Extent &e : *list) {
+      const uint32_t type = e.zero ? NBDKIT_EXTENT_HOLE | NBDKIT_EXTENT_ZERO : 0;
+      if (nbdkit_add_extent(extents, e.offset, e.length, type) == -1)
+        return -1;
+    }
+    return 0;
+  });
+}
+
+void qed_dump_plugin() {
+  std::printf("qed_version=%s\n", PACKAGE_VERSION);
+  std::printf("qed_max_cluster_size=%u\n", qed::kMaxClusterSize);
+  std::printf("qed_table_sizes=1-16\n");
+  std::printf("qed_backing_formats=raw,qed\n");
+  std::printf("qed_create=yes\n");
+  std::printf("qed_parallel_allocation=yes\n");
+}
+
+int qed_config(const char *key, const char *value) {
+  return guarded([&] { return config_key(key, value); });
+}
+
+int qed_config_complete() {
+  return guarded([] { return config_complete(); });
+}
+
+nbdkit_plugin create_plugin() {
+  nbdkit_plugin p = nbdkit_plugin();
+  p.name = "qed";
+  p.longname = "QEMU Enhanced Disk (QED) plugin";
+  p.version = PACKAGE_VERSION;
+  p.description = "Serve a QED disk image, read-write, with backing files.";
+  p.config = qed_config;
+  p.config_complete = qed_config_complete;
+  p.config_help = kConfigHelp;
+  p.magic_config_key = "file";
+  p.get_ready = qed_get_ready;
+  p.cleanup = qed_cleanup;
+  p.dump_plugin = qed_dump_plugin;
+  p.open = qed_open;
+  p.close = qed_close;
+  p.get_size = qed_get_size;
+  p.block_size = qed_block_size;
+  p.can_write = qed_can_write;
+  p.can_flush = qed_can_flush;
+  p.can_trim = qed_can_trim;
+  p.can_zero = qed_can_zero;
+  p.can_fast_zero = qed_can_fast_zero;
+  p.can_extents = qed_can_extents;
+  p.can_fua = qed_can_fua;
+  p.can_multi_conn = qed_can_multi_conn;
+  p.pread = qed_pread;
+  p.pwrite = qed_pwrite;
+  p.flush = qed_flush;
+  p.trim = qed_trim;
+  p.zero = qed_zero;
+  p.extents = qed_extents;
+  return p;
+}
+
+}  // namespace
+}  // namespace qed_plugin
+
+static struct nbdkit_plugin plugin = qed_plugin::create_plugin();
+NBDKIT_REGISTER_PLUGIN(plugin)
