@@ -67,6 +67,7 @@ Status Image::load(const OpenOptions &options, ChainState &chain) {
     QED_RETURN_IF_ERROR(write_header_locked());
     QED_RETURN_IF_ERROR(file_->sync());
   }
+  QED_RETURN_IF_ERROR(run_check(options.check));
   if (options.grow_to > header_.image_size && read_only_)
     return Status::read_only(path_ + ": cannot grow an image opened read-only");
   if (options.grow_to > header_.image_size)
@@ -108,11 +109,33 @@ Status Image::load(const OpenOptions &options, ChainState &chain) {
   // Keep dirty metadata to a fraction of the cache, so a long run of writes
   // without flushes cannot grow memory past the budget.
   writeback_threshold_ = std::max<uint64_t>(options.cache_bytes / 4, 512);
-  // TODO(issue 4): run the consistency check on a read-write open of a dirty
-  // image. Until then such an image keeps NEED_CHECK for qemu-img check.
-  may_mark_clean_ = !header_.needs_check();
   if (!read_only_)
     probe_hole_punching();
+  return Status::ok();
+}
+
+Status Image::run_check(CheckPolicy policy) {
+  const bool dirty = header_.needs_check();
+  may_mark_clean_ = !dirty;
+  const bool wanted = policy == CheckPolicy::kRepair || policy == CheckPolicy::kReport ||
+                      (policy == CheckPolicy::kAuto && dirty && !read_only_);
+  if (!wanted)
+    return Status::ok();
+  const bool repair = !read_only_ && policy != CheckPolicy::kReport;
+  auto report = check_image(*file_, header_, repair ? CheckMode::kRepair : CheckMode::kReport);
+  if (!report)
+    return error_context(report.status().with_context("checking the image"));
+  check_report_ = std::move(*report);
+  if (!repair)
+    return Status::ok();
+  // Every problem the check finds, it repairs: the image is consistent now.
+  may_mark_clean_ = true;
+  if (!dirty)
+    return Status::ok();
+  header_.features &= ~kFeatureNeedCheck;
+  QED_RETURN_IF_ERROR(write_header_locked());
+  QED_RETURN_IF_ERROR(file_->sync());
+  needs_check_on_disk_ = false;
   return Status::ok();
 }
 

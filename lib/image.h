@@ -15,8 +15,11 @@
 #include <string>
 #include <vector>
 
+#include <optional>
+
 #include "backing.h"
 #include "block_source.h"
+#include "check.h"
 #include "file.h"
 #include "format.h"
 #include "geometry.h"
@@ -24,11 +27,20 @@
 
 namespace qed {
 
+// When to run the consistency check at open.
+enum class CheckPolicy {
+  kAuto,    // repair a dirty image opened read-write; otherwise no check
+  kRepair,  // check every time; repair when read-write
+  kReport,  // check every time; never repair
+  kOff,     // never check (a dirty image keeps NEED_CHECK)
+};
+
 struct OpenOptions {
   bool read_only = true;
   uint64_t cache_bytes = 64ull << 20;  // L2 cache budget per image in the chain
   bool allow_backing = true;           // false: refuse images with backing files
   uint64_t grow_to = 0;                // read-write: grow the image to this size
+  CheckPolicy check = CheckPolicy::kAuto;
 };
 
 struct ZeroFlags {
@@ -70,11 +82,14 @@ public:
   bool has_backing() const { return backing_ != nullptr; }
   bool can_punch_holes() const { return can_punch_; }
   Header header();
+  // The report of the check run at open, if one ran.
+  const std::optional<CheckReport> &check_report() const { return check_report_; }
 
 private:
   Image(std::string path, std::unique_ptr<File> file, const Header &header, bool read_only);
 
   Status load(const OpenOptions &options, ChainState &chain);
+  Status run_check(CheckPolicy policy);
   Status grow(uint64_t new_size);
   Status write_header_locked();
   Status mark_needs_check_locked();
@@ -97,6 +112,7 @@ private:
   std::unique_ptr<Metadata> meta_;
   bool can_punch_ = false;
   uint64_t writeback_threshold_ = 0;  // dirty metadata bytes that force a write-back
+  std::optional<CheckReport> check_report_;
 
   std::mutex flush_mu_;
   Header header_;                     // guarded by flush_mu_

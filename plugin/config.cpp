@@ -19,6 +19,8 @@ const char *const kConfigHelp =
     "file=<FILENAME>     (required) The QED image to serve.\n"
     "cache-size=<SIZE>   L2 table cache per image (default 64M).\n"
     "allow-backing=false Refuse images that have a backing file.\n"
+    "check=auto|repair|report|off  Consistency check at open (default auto:\n"
+    "                    repair an image left dirty by a crash).\n"
     "create=true         Create a new image (needs size= or backing=).\n"
     "overwrite=true      With create=true, replace an existing file.\n"
     "size=<SIZE>         Size of a new image; on an existing image, grow it.\n"
@@ -62,6 +64,24 @@ int parse_u32_size(const char *key, const char *value, uint32_t &out) {
   return 0;
 }
 
+int parse_check(const char *value, qed::CheckPolicy &out) {
+  static const struct {
+    const char *name;
+    qed::CheckPolicy policy;
+  } kPolicies[] = {{"auto", qed::CheckPolicy::kAuto},
+                   {"repair", qed::CheckPolicy::kRepair},
+                   {"report", qed::CheckPolicy::kReport},
+                   {"off", qed::CheckPolicy::kOff}};
+  for (const auto &p : kPolicies) {
+    if (std::strcmp(value, p.name) == 0) {
+      out = p.policy;
+      return 0;
+    }
+  }
+  nbdkit_error("check: '%s' is not auto, repair, report or off", value);
+  return -1;
+}
+
 }  // namespace
 
 int config_key(const char *key, const char *value) {
@@ -78,6 +98,8 @@ int config_key(const char *key, const char *value) {
     return parse_size(key, value, c.cache_bytes);
   if (std::strcmp(key, "allow-backing") == 0)
     return parse_bool(key, value, c.allow_backing);
+  if (std::strcmp(key, "check") == 0)
+    return parse_check(value, c.check);
   if (std::strcmp(key, "create") == 0)
     return parse_bool(key, value, c.create);
   if (std::strcmp(key, "overwrite") == 0)

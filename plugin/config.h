@@ -5,6 +5,7 @@
 #include <string>
 
 #include "create.h"
+#include "image.h"
 
 namespace qed_plugin {
 
@@ -16,6 +17,7 @@ struct Config {
   uint64_t size = 0;                   // size=: new image size, or grow to it
   qed::CreateOptions create_options;   // cluster-size=, table-size=, backing=, backing-format=
   bool allow_backing = true;           // allow-backing=false
+  qed::CheckPolicy check = qed::CheckPolicy::kAuto;  // check=
 };
 
 // The one configuration of this nbdkit process (nbdkit loads a plugin once).

@@ -42,7 +42,23 @@ qed::OpenOptions open_options(bool read_only) {
   o.cache_bytes = c.cache_bytes;
   o.allow_backing = c.allow_backing;
   o.grow_to = read_only || c.create ? 0 : c.size;
+  o.check = c.check;
   return o;
+}
+
+// The check's findings go to nbdkit's log: the summary always (as an error
+// when something was wrong), each problem with -v.
+void log_check(const qed::Image &image) {
+  const auto &report = image.check_report();
+  if (!report)
+    return;
+  for (const std::string &line : report->problems)
+    nbdkit_debug("%s: check: %s", image.path().c_str(), line.c_str());
+  if (report->problems.empty())
+    nbdkit_debug("%s: check: clean: %s", image.path().c_str(), report->summary().c_str());
+  else
+    nbdkit_error("%s: check found problems: %s", image.path().c_str(),
+                 report->summary().c_str());
 }
 
 int open_served(bool read_only) {
@@ -51,6 +67,7 @@ int open_served(bool read_only) {
     return report(image.status());
   served = std::move(*image);
   served_writable = !read_only;
+  log_check(*served);
   return 0;
 }
 
