@@ -89,6 +89,8 @@ void FaultFile::set_recording(bool on) {
   recording_ = on;
 }
 
+void FaultFile::add_marker(uint64_t tag) { record(FileOp::kMarker, tag, 0, nullptr); }
+
 std::vector<FaultFile::Record> FaultFile::records() const {
   std::lock_guard lock(mu_);
   return log_;

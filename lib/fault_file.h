@@ -39,7 +39,7 @@ private:
   std::vector<uint8_t> data_;  // guarded by mu_
 };
 
-enum class FileOp { kRead, kWrite, kSync, kTruncate, kExtend, kPunch, kZero, kCount };
+enum class FileOp { kRead, kWrite, kSync, kTruncate, kExtend, kPunch, kZero, kMarker, kCount };
 
 // Wraps another file. Failures are armed per operation kind; a recorded
 // operation is appended to the log only if it reached the inner file.
@@ -62,6 +62,9 @@ public:
   void fail_one_in(FileOp op, uint32_t n, uint64_t seed, int err);
   void clear_failures();
   void set_recording(bool on);
+  // Appends a kMarker record with `tag` in `offset`: tests use it to note in
+  // the log when an operation above the file (a flush) returned.
+  void add_marker(uint64_t tag);
   std::vector<Record> records() const;
   uint64_t calls(FileOp op) const { return calls_[size_t(op)].load(); }
 

@@ -97,7 +97,7 @@ private:
 
   Status write_allocation(Allocation &a, const uint8_t *data, uint64_t pos, uint64_t count);
   Status fill_from_below(Run::Kind was, uint64_t vpos, uint64_t count, uint64_t host);
-  Status write_range(const uint8_t *data, uint64_t count, uint64_t pos, bool &allocated);
+  Status write_range(const uint8_t *data, uint64_t count, uint64_t pos);
   Status zero_data(uint64_t host, uint64_t count, ZeroFlags flags);
   Status zero_unallocated(uint64_t pos, uint64_t count);
   Status writeback_if_needed();

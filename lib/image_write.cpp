@@ -72,7 +72,7 @@ Status Image::write_allocation(Allocation &a, const uint8_t *data, uint64_t pos,
   return fill_from_below(a.last_kind, wend, end - wend, a.host_offset + (wend - start));
 }
 
-Status Image::write_range(const uint8_t *data, uint64_t count, uint64_t pos, bool &allocated) {
+Status Image::write_range(const uint8_t *data, uint64_t count, uint64_t pos) {
   while (count > 0) {
     auto plan = meta_->plan_write(pos, count);
     if (!plan)
@@ -93,7 +93,6 @@ Status Image::write_range(const uint8_t *data, uint64_t count, uint64_t pos, boo
         return s;
       }
       QED_RETURN_IF_ERROR(meta_->commit(a));
-      allocated = true;
     }
     if (data)
       data += done;
@@ -110,10 +109,12 @@ Status Image::writeback_if_needed() {
 }
 
 Status Image::write(const void *buf, size_t count, uint64_t pos, bool fua) {
-  bool allocated = false;
-  QED_RETURN_IF_ERROR(write_range(static_cast<const uint8_t *>(buf), count, pos, allocated));
+  QED_RETURN_IF_ERROR(write_range(static_cast<const uint8_t *>(buf), count, pos));
+  // FUA needs the metadata that leads to the data too, which may be dirty
+  // even for an in-place write (an earlier write allocated the cluster). With
+  // nothing dirty, flush() is a single fdatasync.
   if (fua)
-    return allocated ? flush() : file_->sync();
+    return flush();
   return writeback_if_needed();
 }
 
@@ -154,8 +155,7 @@ Status Image::zero_unallocated(uint64_t pos, uint64_t count) {
       // A partial cluster: allocate it, keeping the backing data around the
       // zeroed bytes.
       done = std::min(count, cs - in_cluster);
-      bool allocated = false;
-      QED_RETURN_IF_ERROR(write_range(nullptr, done, pos, allocated));
+      QED_RETURN_IF_ERROR(write_range(nullptr, done, pos));
     }
     pos += done;
     count -= done;
@@ -206,7 +206,7 @@ Status Image::trim(uint64_t pos, uint64_t count, bool fua) {
     }
     pos += run->length;
   }
-  return fua ? file_->sync() : Status::ok();
+  return fua ? flush() : Status::ok();
 }
 
 Status Image::flush() {

@@ -26,12 +26,14 @@ CachedTable *L2Cache::find(uint64_t offset) {
 }
 
 CachedTable *L2Cache::insert(std::unique_ptr<CachedTable> table) {
+  // Make room first: the new table must survive its own insertion, since the
+  // caller is about to use it.
+  bytes_ += table->bytes();
+  evict_over_budget();
   CachedTable *t = table.release();
-  bytes_ += t->bytes();
   index_.insert(*t);
   lru_.push_back(*t);
   maybe_rehash();
-  evict_over_budget();
   return t;
 }
 

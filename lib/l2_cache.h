@@ -63,7 +63,8 @@ public:
 
   // The table at `offset`, marked most recently used; null if absent.
   CachedTable *find(uint64_t offset);
-  // Takes ownership of `table` (whose offset must be absent) and evicts.
+  // Evicts to make room, then takes ownership of `table` (whose offset must
+  // be absent). The returned table stays until the next call that evicts.
   CachedTable *insert(std::unique_ptr<CachedTable> table);
   // Removes and frees `table`.
   void erase(CachedTable *table);
