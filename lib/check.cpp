@@ -54,6 +54,7 @@ private:
   const CheckMode mode_;
   const uint64_t cs_;
   uint64_t file_size_ = 0;
+  uint64_t copies_end_ = 0;  // end of the private copies made by repair()
   std::vector<bool> used_;
   std::vector<bool> metadata_;
   std::vector<TableRef> tables_;
@@ -172,7 +173,8 @@ Status Checker::reclaim_leaks() {
   uint64_t end = used_.size();
   while (end > 0 && !used_[end - 1])
     end--;
-  const uint64_t new_size = end * cs_;
+  // Private copies made by the repair live past the old end: keep them.
+  const uint64_t new_size = std::max(end * cs_, copies_end_);
   if (new_size < file_size_) {
     QED_RETURN_IF_ERROR(file_.truncate(new_size));
     report_.reclaimed_bytes += file_size_ - new_size;
@@ -205,6 +207,7 @@ Status Checker::repair() {
     updates_.push_back({c.entry_offset, next});
     next += cs_;
   }
+  copies_end_ = copies_.empty() ? 0 : next;
   if (!copies_.empty())
     QED_RETURN_IF_ERROR(file_.sync());
   // 2. Entries: each update is one aligned 8-byte write, atomic in a sector.
