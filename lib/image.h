@@ -96,7 +96,9 @@ private:
   void probe_hole_punching();
 
   Status write_allocation(Allocation &a, const uint8_t *data, uint64_t pos, uint64_t count);
-  Status fill_from_below(Run::Kind was, uint64_t vpos, uint64_t count, uint64_t host);
+  // Reads what the clusters being allocated showed at [vpos, vpos+count) into
+  // `out`; false when that is all zeroes (nothing to copy).
+  Result<bool> read_below(Run::Kind was, uint64_t vpos, uint64_t count, uint8_t *out);
   Status write_range(const uint8_t *data, uint64_t count, uint64_t pos);
   Status zero_data(uint64_t host, uint64_t count, ZeroFlags flags);
   Status zero_unallocated(uint64_t pos, uint64_t count);

@@ -50,15 +50,12 @@ constexpr size_t kZeroChunk = 1 << 20;
 
 }  // namespace
 
-Status Image::fill_from_below(Run::Kind was, uint64_t vpos, uint64_t count, uint64_t host) {
+Result<bool> Image::read_below(Run::Kind was, uint64_t vpos, uint64_t count, uint8_t *out) {
   // A fresh cluster reads as zeroes, so only backing data needs writing.
   if (count == 0 || was == Run::kZero || !backing_ || vpos >= backing_->size())
-    return Status::ok();
-  std::vector<uint8_t> buf(count);
-  QED_RETURN_IF_ERROR(read_clipped(*backing_, buf.data(), count, vpos));
-  if (all_zero(buf.data(), buf.size()))
-    return Status::ok();
-  return file_->pwrite(buf.data(), count, host);
+    return false;
+  QED_RETURN_IF_ERROR(read_clipped(*backing_, out, count, vpos));
+  return !all_zero(out, count);
 }
 
 Status Image::write_allocation(Allocation &a, const uint8_t *data, uint64_t pos,
@@ -66,10 +63,23 @@ Status Image::write_allocation(Allocation &a, const uint8_t *data, uint64_t pos,
   const uint64_t start = a.virtual_offset;
   const uint64_t end = start + a.clusters * geo_.cluster_size();
   const uint64_t wend = std::min(pos + count, end);
-  QED_RETURN_IF_ERROR(fill_from_below(a.first_kind, start, pos - start, a.host_offset));
+  const uint64_t head = pos - start, tail = end - wend;
+  if (head == 0 && tail == 0)
+    return data ? file_->pwrite(data, wend - pos, a.host_offset) : Status::ok();
+  // Copy-on-write: the new clusters get what lay below around the written
+  // bytes. When there is anything below, the clusters go out in one write.
+  std::vector<uint8_t> buf(end - start);
+  auto below_head = read_below(a.first_kind, start, head, buf.data());
+  if (!below_head)
+    return below_head.status();
+  auto below_tail = read_below(a.last_kind, wend, tail, buf.data() + (wend - start));
+  if (!below_tail)
+    return below_tail.status();
+  if (!*below_head && !*below_tail)
+    return data ? file_->pwrite(data, wend - pos, a.host_offset + head) : Status::ok();
   if (data)
-    QED_RETURN_IF_ERROR(file_->pwrite(data, wend - pos, a.host_offset + (pos - start)));
-  return fill_from_below(a.last_kind, wend, end - wend, a.host_offset + (wend - start));
+    std::memcpy(buf.data() + head, data, wend - pos);
+  return file_->pwrite(buf.data(), buf.size(), a.host_offset);
 }
 
 Status Image::write_range(const uint8_t *data, uint64_t count, uint64_t pos) {

@@ -12,6 +12,7 @@ L2Cache::L2Cache(uint64_t budget_bytes)
       index_(Index::bucket_traits(buckets_.data(), buckets_.size())) {}
 
 L2Cache::~L2Cache() {
+  spare_.clear();
   index_.clear_and_dispose([](CachedTable *t) { delete t; });
 }
 
@@ -40,7 +41,19 @@ CachedTable *L2Cache::insert(std::unique_ptr<CachedTable> table) {
 void L2Cache::erase(CachedTable *t) {
   bytes_ -= t->bytes();
   index_.erase(index_.iterator_to(*t));
+  if (spare_.size() < kMaxSpare && t->entries.capacity() > 0)
+    spare_.push_back(std::move(t->entries));
   delete t;  // the auto-unlink hooks leave the LRU and dirty lists
+}
+
+std::vector<uint64_t> L2Cache::take_buffer(uint64_t entries) {
+  std::vector<uint64_t> buf;
+  if (!spare_.empty()) {
+    buf = std::move(spare_.back());
+    spare_.pop_back();
+  }
+  buf.resize(entries);
+  return buf;
 }
 
 void L2Cache::account(CachedTable *t, uint64_t old_bytes) {

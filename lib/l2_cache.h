@@ -72,6 +72,11 @@ public:
   void account(CachedTable *table, uint64_t old_bytes);
   void evict_over_budget();
 
+  // A buffer for `entries` entries, recycled from evicted tables when one is
+  // spare: tables come and go all the time, and handing their memory back to
+  // malloc lets per-thread arenas grow far past the budget.
+  std::vector<uint64_t> take_buffer(uint64_t entries);
+
   uint64_t bytes() const { return bytes_; }
   size_t count() const { return index_.size(); }
   uint64_t budget() const { return budget_; }
@@ -90,8 +95,11 @@ private:
 
   void maybe_rehash();
 
+  static constexpr size_t kMaxSpare = 8;
+
   const uint64_t budget_;
   uint64_t bytes_ = 0;
+  std::vector<std::vector<uint64_t>> spare_;  // buffers of evicted tables
   Lru lru_;  // front: least recently used
   std::vector<Index::bucket_type> buckets_;
   Index index_;

@@ -105,7 +105,7 @@ Result<CachedTable *> Metadata::load_table(std::unique_lock<std::mutex> &lock,
   CachedTable *t = cache_.insert(std::make_unique<CachedTable>(off));
   std::shared_ptr<LoadLatch> latch = std::make_shared<LoadLatch>();
   t->latch = latch;
-  std::vector<uint64_t> entries(geo_.l2_entries_used(l1_index));
+  std::vector<uint64_t> entries = cache_.take_buffer(geo_.l2_entries_used(l1_index));
 
   lock.unlock();
   Status s = read_table_entries(file_, off, entries);
@@ -154,7 +154,8 @@ CachedTable *Metadata::create_table(uint64_t l1_index) {
   l1_[l1_index] = off;
   mark_l1_dirty(l1_index);
   auto table = std::make_unique<CachedTable>(off);
-  table->entries.assign(geo_.l2_entries_used(l1_index), kEntryUnallocated);
+  table->entries = cache_.take_buffer(geo_.l2_entries_used(l1_index));
+  std::fill(table->entries.begin(), table->entries.end(), kEntryUnallocated);
   table->dirty_sectors.assign(sectors_for(table->entries.size()), false);
   // The reserved space reads as zeroes, so the table needs no write until an
   // entry changes; flush extends the file over it before L1 points at it.

@@ -1,14 +1,19 @@
 #include "table.h"
 
+#include <cstring>
+
 #include "endian.h"
 
 namespace qed {
 
 Status read_table_entries(File &file, uint64_t table_offset, std::span<uint64_t> entries) {
-  std::vector<uint8_t> bytes(entries.size() * 8);
-  QED_RETURN_IF_ERROR(file.pread(bytes.data(), bytes.size(), table_offset));
-  for (size_t i = 0; i < entries.size(); i++)
-    entries[i] = load_le64(&bytes[i * 8]);
+  // Read straight into the entries and decode in place: no second buffer.
+  QED_RETURN_IF_ERROR(file.pread(entries.data(), entries.size() * 8, table_offset));
+  for (uint64_t &e : entries) {
+    uint8_t bytes[8];
+    std::memcpy(bytes, &e, 8);
+    e = load_le64(bytes);
+  }
   return Status::ok();
 }
 
