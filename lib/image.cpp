@@ -130,13 +130,7 @@ Status Image::run_check(CheckPolicy policy) {
     return Status::ok();
   // Every problem the check finds, it repairs: the image is consistent now.
   may_mark_clean_ = true;
-  if (!dirty)
-    return Status::ok();
-  header_.features &= ~kFeatureNeedCheck;
-  QED_RETURN_IF_ERROR(write_header_locked());
-  QED_RETURN_IF_ERROR(file_->sync());
-  needs_check_on_disk_ = false;
-  return Status::ok();
+  return dirty ? mark_clean_locked() : Status::ok();
 }
 
 void Image::probe_hole_punching() {
@@ -201,6 +195,10 @@ Status Image::close() {
   QED_RETURN_IF_ERROR(flush_locked());
   if (!needs_check_on_disk_ || !may_mark_clean_)
     return Status::ok();
+  return mark_clean_locked();
+}
+
+Status Image::mark_clean_locked() {
   header_.features &= ~kFeatureNeedCheck;
   QED_RETURN_IF_ERROR(write_header_locked());
   QED_RETURN_IF_ERROR(file_->sync());

@@ -93,6 +93,7 @@ private:
   Status grow(uint64_t new_size);
   Status write_header_locked();
   Status mark_needs_check_locked();
+  Status mark_clean_locked();
   void probe_hole_punching();
 
   Status write_allocation(Allocation &a, const uint8_t *data, uint64_t pos, uint64_t count);

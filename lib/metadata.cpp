@@ -249,16 +249,35 @@ void Metadata::remove_inflight(Inflight &record) {
   record.done_cv.notify_all();
 }
 
-Result<WritePlan> Metadata::plan_write(uint64_t pos, uint64_t len) {
-  std::unique_lock lock(mu_);
+Result<CachedTable *> Metadata::table_for_write(std::unique_lock<std::mutex> &lock,
+                                                uint64_t pos) {
   if (!writable_)
     return Status::read_only(file_.name() + ": image is open read-only");
+  const uint64_t l1_index = geo_.l1_index(pos);
+  auto got = get_table(lock, l1_index);
+  if (!got)
+    return got.status();
+  return *got ? *got : create_table(l1_index);
+}
+
+bool Metadata::wait_for_inflight(std::unique_lock<std::mutex> &lock, uint64_t cluster) {
+  Inflight *busy = find_inflight(cluster);
+  if (!busy)
+    return false;
+  // Wait for that allocation only; afterwards the caller must look again,
+  // since the tables may have changed (or been evicted) meanwhile.
+  std::shared_ptr<Inflight> keep = busy->shared_from_this();
+  keep->done_cv.wait(lock, [&] { return keep->done; });
+  return true;
+}
+
+Result<WritePlan> Metadata::plan_write(uint64_t pos, uint64_t len) {
+  std::unique_lock lock(mu_);
   for (;;) {
-    const uint64_t l1_index = geo_.l1_index(pos);
-    auto got = get_table(lock, l1_index);
+    auto got = table_for_write(lock, pos);
     if (!got)
       return got.status();
-    CachedTable *t = *got ? *got : create_table(l1_index);
+    CachedTable *t = *got;
     const uint64_t first = geo_.l2_index(pos);
     const EntryKind kind = classify(t->entries[first]);
     if (kind == EntryKind::kInvalid)
@@ -270,12 +289,8 @@ Result<WritePlan> Metadata::plan_write(uint64_t pos, uint64_t len) {
       return WritePlan{false, *run, {}};
     }
     const uint64_t cluster = pos >> geo_.cluster_bits();
-    if (Inflight *busy = find_inflight(cluster)) {
-      // Wait for that allocation only, then look again: it owns the cluster now.
-      std::shared_ptr<Inflight> keep = busy->shared_from_this();
-      keep->done_cv.wait(lock, [&] { return keep->done; });
+    if (wait_for_inflight(lock, cluster))
       continue;
-    }
     const uint64_t want = std::min({geo_.clusters_for(geo_.offset_in_cluster(pos) + len),
                                     uint64_t(t->entries.size() - first),
                                     image_clusters_from(cluster),
@@ -324,21 +339,15 @@ void Metadata::abandon(Allocation &a) {
 
 Result<uint64_t> Metadata::mark_zero(uint64_t pos, uint64_t clusters) {
   std::unique_lock lock(mu_);
-  if (!writable_)
-    return Status::read_only(file_.name() + ": image is open read-only");
   for (;;) {
-    const uint64_t l1_index = geo_.l1_index(pos);
-    auto got = get_table(lock, l1_index);
+    auto got = table_for_write(lock, pos);
     if (!got)
       return got.status();
-    CachedTable *t = *got ? *got : create_table(l1_index);
+    CachedTable *t = *got;
     const uint64_t first = geo_.l2_index(pos);
     const uint64_t cluster = pos >> geo_.cluster_bits();
-    if (Inflight *busy = find_inflight(cluster)) {
-      std::shared_ptr<Inflight> keep = busy->shared_from_this();
-      keep->done_cv.wait(lock, [&] { return keep->done; });
+    if (wait_for_inflight(lock, cluster))
       continue;
-    }
     const uint64_t want = std::min({clusters, uint64_t(t->entries.size() - first),
                                     next_inflight_start(cluster) - cluster});
     uint64_t n = 0;

@@ -131,6 +131,10 @@ private:
   Result<CachedTable *> load_table(std::unique_lock<std::mutex> &lock, uint64_t l1_index,
                                    uint64_t table_offset);
   CachedTable *create_table(uint64_t l1_index);
+  // The table covering `pos`, created if the L1 entry is empty.
+  Result<CachedTable *> table_for_write(std::unique_lock<std::mutex> &lock, uint64_t pos);
+  // If an allocation owns `cluster`, waits for it and returns true.
+  bool wait_for_inflight(std::unique_lock<std::mutex> &lock, uint64_t cluster);
   void sanitize_loaded(CachedTable *table);
   Status check_table_offset(uint64_t l1_index, uint64_t offset) const;
   enum class EntryKind { kUnallocated, kZero, kData, kInvalid };
