@@ -51,6 +51,10 @@ Result<std::vector<Extent>> Image::extents(uint64_t pos, uint64_t count, size_t 
         return sub.status();
       done = 0;
       for (const Extent &e : *sub) {
+        const bool merges = !out.empty() && out.back().zero == e.zero &&
+                            out.back().offset + out.back().length == e.offset;
+        if (!merges && out.size() >= max)
+          break;
         append_extent(out, e);
         done += e.length;
       }

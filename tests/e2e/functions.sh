@@ -1,0 +1,227 @@
+# Common helpers for the end-to-end tests.  Source it from a test script:
+#
+#   source "$(dirname "$0")/functions.sh" "$@"
+#
+# The first test argument is the path of the built plugin (nbdkit-qed-plugin.so).
+# After sourcing:
+#   $plugin  absolute path of the plugin
+#   $tmp     a private temporary directory, the current directory, removed on exit
+# Exit codes follow automake/meson: 0 pass, 77 skip, anything else fail.
+#
+# Sanitized builds: the plugin is an ASan/UBSan-instrumented module dlopen'ed by an
+# uninstrumented nbdkit, so the ASan runtime has to be preloaded into nbdkit
+# (LD_PRELOAD) and leak detection turned off (nbdkit itself leaks at exit).  The
+# helpers below do that when QED_SANITIZE=1 (set by tests/e2e/meson.build) or when
+# the plugin links libasan, keep the preload away from the --run command's
+# children (nbdinfo, qemu-img, ...), and fail the test if nbdkit's stderr carries a
+# sanitizer report.
+
+set -euo pipefail
+
+if [[ $# -lt 1 || ! -f $1 ]]; then
+  echo "usage: $0 PATH/TO/nbdkit-qed-plugin.so" >&2
+  exit 1
+fi
+plugin=$(realpath -- "$1")
+shift
+
+# python3 on PATH may be a pyenv interpreter without the libnbd bindings.
+export PATH="/usr/bin:/bin:$PATH"
+export LIBNBD_DEBUG=${LIBNBD_DEBUG:-0}
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/qed-e2e.XXXXXX")
+_cleanup() {
+  local rc=$?
+  cd /
+  rm -rf -- "$tmp"
+  exit "$rc"
+}
+trap _cleanup EXIT
+trap 'exit 130' INT TERM
+cd "$tmp"
+
+# requires CMD ARGS...: skip the test (77) unless the command succeeds.
+requires() {
+  if ! "$@" >/dev/null 2>&1; then
+    echo "$0: SKIP: requirement not met: $*" >&2
+    exit 77
+  fi
+}
+
+fail() {
+  echo "$0: FAIL: $*" >&2
+  exit 1
+}
+
+requires nbdkit --version
+requires qemu-img --version
+requires qemu-io --version
+requires nbdinfo --version
+requires nbdcopy --version
+# Some qemu builds (e.g. RHEL) compile QED out.
+requires qemu-img create -f qed "$tmp/probe.qed" 1M
+rm -f "$tmp/probe.qed"
+
+# Sanitizer set-up.
+_asan_lib=
+if [[ ${QED_SANITIZE:-0} == 1 ]] || ldd "$plugin" 2>/dev/null | grep -q 'libasan\.so'; then
+  _asan_lib=$(ldd "$plugin" 2>/dev/null | awk '/libasan\.so/ { print $3; exit }')
+  if [[ -z $_asan_lib || ! -f $_asan_lib ]]; then
+    _asan_lib=$(${CXX:-g++} -print-file-name=libasan.so 2>/dev/null || true)
+  fi
+  if [[ -z $_asan_lib || ! -f $_asan_lib ]]; then
+    echo "$0: cannot find libasan for the sanitized plugin" >&2
+    exit 1
+  fi
+fi
+
+# Known problem with the preload (not specific to this plugin; nbdkit's own file
+# plugin shows it): when nbdkit 1.32 exits after printing an error that uses %m
+# (e.g. "realpath: ...: No such file or directory"), it can hang forever in
+# libp11-kit's destructor (freelocale on a glibc rwlock left unbalanced).  So under
+# the sanitizer nbdkit runs under timeout(1) (QED_NBDKIT_TIMEOUT seconds), and
+# callers expecting a startup failure treat "error printed, then timed out" as a
+# refusal (see refuses).
+sanitized() { [[ -n $_asan_lib ]]; }
+
+# Where the last qed_nbdkit call put nbdkit's stderr (also copied to our stderr).
+nbdkit_err="$tmp/nbdkit.stderr"
+
+# qed_nbdkit ARGS...: run nbdkit ARGS... (with the sanitizer runtime when needed).
+# Returns nbdkit's exit status; nbdkit's stderr is saved in $nbdkit_err.  A sanitizer
+# report fails the whole test, whatever the exit status.
+qed_nbdkit() {
+  local args=() a prev=
+  for a in "$@"; do
+    if [[ $prev == --run && -n $_asan_lib ]]; then
+      a="unset LD_PRELOAD ASAN_OPTIONS UBSAN_OPTIONS; $a"
+    fi
+    args+=("$a")
+    prev=$a
+  done
+  local rc=0
+  if [[ -n $_asan_lib ]]; then
+    LD_PRELOAD="$_asan_lib${LD_PRELOAD:+:$LD_PRELOAD}" \
+    ASAN_OPTIONS="detect_leaks=0:abort_on_error=0:exitcode=97${ASAN_OPTIONS:+:$ASAN_OPTIONS}" \
+    UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}" \
+      timeout -k 5 "${QED_NBDKIT_TIMEOUT:-280}" nbdkit "${args[@]}" 2>"$nbdkit_err" || rc=$?
+  else
+    nbdkit "${args[@]}" 2>"$nbdkit_err" || rc=$?
+  fi
+  cat "$nbdkit_err" >&2
+  if grep -Eq 'ERROR: (Address|Leak|Undefined)Sanitizer|runtime error:|SUMMARY: (Address|Undefined)' "$nbdkit_err"; then
+    echo "$0: FAIL: sanitizer report from nbdkit $*" >&2
+    exit 1
+  fi
+  return "$rc"
+}
+
+# serve_ro IMAGE CMD [PLUGIN-ARGS...]: serve IMAGE read-only through the plugin on a
+# private Unix socket and run the shell command CMD in captive mode ($uri is a shell
+# variable inside CMD: quote it).  Returns CMD's exit status (or nbdkit's on startup
+# failure).  A private socket under $tmp is used instead of "-U -" because nbdkit
+# leaves /tmp/nbdkitXXXXXX behind when startup fails.
+serve_ro() {
+  local image=$1 cmd=$2
+  shift 2
+  rm -f "$tmp/sock"
+  qed_nbdkit -r -U "$tmp/sock" "$plugin" file="$image" "$@" --run "$cmd"
+}
+
+# refuses [PLUGIN-ARGS...]: nbdkit serving the plugin read-only with these arguments
+# must refuse to start: exit status 1..125 (not a signal), and the --run command must
+# not run.  Sets $refuse_rc.  Tolerates the ASan-preload exit hang (see above).
+refuses() {
+  refuse_rc=0
+  rm -f "$tmp/sock" "$tmp/ran"
+  QED_NBDKIT_TIMEOUT=8 qed_nbdkit -r -U "$tmp/sock" "$plugin" "$@" --run "touch '$tmp/ran'" ||
+    refuse_rc=$?
+  if sanitized && [[ $refuse_rc -eq 124 || $refuse_rc -eq 137 ]] && grep -q 'error:' "$nbdkit_err"; then
+    echo "(nbdkit hung at exit after reporting the error: known ASan preload issue)"
+    refuse_rc=1
+  fi
+  if [[ -e $tmp/ran ]]; then
+    echo "nbdkit started and served: $*" >&2
+    return 1
+  fi
+  if [[ $refuse_rc -eq 0 || $refuse_rc -gt 125 ]]; then
+    echo "nbdkit exit status $refuse_rc: $*" >&2
+    return 1
+  fi
+  if grep -Eq 'Segmentation fault|Aborted|terminate called|killed by signal' "$nbdkit_err"; then
+    echo "nbdkit crashed: $*" >&2
+    return 1
+  fi
+  return 0
+}
+
+# qemu_raw IMAGE OUT: qemu's reference decoding of a QED image (with its backing chain).
+qemu_raw() {
+  qemu-img convert -f qed -O raw "$1" "$2"
+}
+
+# same_raw A B: two raw files have the same content.  cmp for small files; large
+# sparse files go through qemu-img compare, which skips holes (cmp would read GiBs
+# of zeroes).
+same_raw() {
+  local size
+  size=$(stat -c %s "$1")
+  if (( size <= 256 * 1024 * 1024 )); then
+    cmp "$1" "$2"
+  else
+    qemu-img compare -q -f raw -F raw "$1" "$2" &&
+      [[ $size -eq $(stat -c %s "$2") ]]
+  fi
+}
+
+# check_same_as_qemu IMAGE [PLUGIN-ARGS...]: the plugin's export of IMAGE must equal
+# qemu's decoding (qemu-img convert -O raw) byte for byte, copied with nbdcopy both
+# with extents (holes skipped) and, for images up to 256 MiB, without them (every
+# byte read through .pread; skipped when QED_QUICK=1); and qemu-img compare of the
+# NBD export against IMAGE opened by qemu must succeed.
+check_same_as_qemu() {
+  local image=$1
+  shift
+  local base ref out vsize
+  base=$(basename "$image" .qed)
+  ref="$tmp/$base.ref.raw" out="$tmp/$base.nbd.raw"
+  rm -f "$ref" "$out"
+  qemu_raw "$image" "$ref"
+  vsize=$(stat -c %s "$ref")
+  serve_ro "$image" "nbdcopy \"\$uri\" '$out'" "$@" ||
+    fail "$image: nbdcopy through the plugin failed"
+  same_raw "$ref" "$out" ||
+    fail "$image: plugin output (nbdcopy) differs from qemu-img convert -O raw"
+  if (( vsize <= 256 * 1024 * 1024 )) && [[ ${QED_QUICK:-0} != 1 ]]; then
+    rm -f "$out"
+    serve_ro "$image" "nbdcopy --no-extents \"\$uri\" '$out'" "$@" ||
+      fail "$image: nbdcopy --no-extents through the plugin failed"
+    cmp "$ref" "$out" ||
+      fail "$image: plugin output (nbdcopy --no-extents) differs from qemu-img convert -O raw"
+  fi
+  serve_ro "$image" "qemu-img compare -q -f raw -F qed \"\$uri\" '$image'" "$@" ||
+    fail "$image: qemu-img compare of the plugin export against qemu failed"
+  rm -f "$ref" "$out"
+}
+
+# u64 / u32 field pokes (little-endian) in a file: poke FILE OFFSET SIZE VALUE
+poke() {
+  /usr/bin/python3 - "$@" <<'PY'
+import sys
+path, off, size, val = sys.argv[1], int(sys.argv[2], 0), int(sys.argv[3]), int(sys.argv[4], 0)
+with open(path, "r+b") as f:
+    f.seek(off)
+    f.write(val.to_bytes(size, "little"))
+PY
+}
+
+# peek FILE OFFSET SIZE: print the little-endian integer at OFFSET
+peek() {
+  /usr/bin/python3 - "$@" <<'PY'
+import sys
+path, off, size = sys.argv[1], int(sys.argv[2], 0), int(sys.argv[3])
+with open(path, "rb") as f:
+    f.seek(off)
+    print(int.from_bytes(f.read(size), "little"))
+PY
+}
