@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Install the Debian packages needed to build, install and test nbdkit-qed.
 # Idempotent: does nothing (and prints nothing) when everything is present.
+#   install-deps.sh         what building and serving need (and qemu-img for the demo)
+#   install-deps.sh --test  also what the whole test suite needs: clang and its
+#                           runtime (libFuzzer), fio (benchmark smoke run)
 set -euo pipefail
 
 packages=(
@@ -10,6 +13,9 @@ packages=(
   libnbd-bin python3-libnbd
   qemu-utils
 )
+if [[ ${1:-} == --test ]]; then
+  packages+=(clang libclang-rt-14-dev fio qemu-utils)
+fi
 
 missing=()
 for p in "${packages[@]}"; do

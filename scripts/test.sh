@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Install what is missing, then build and run the whole test suite twice:
-#   build/           normal build
-#   build-sanitize/  AddressSanitizer + UndefinedBehaviorSanitizer (-Dsanitize=true)
-# The last line of output is "N passed, N failed[, N skipped]" over both builds.
+# Install what is missing, then build and run the whole test suite:
+#   build/           normal build: unit, crash-state and end-to-end tests
+#   build-sanitize/  the same under AddressSanitizer + UndefinedBehaviorSanitizer
+#   build-tsan/      unit and crash-state tests under ThreadSanitizer
+#   build-fuzz/      libFuzzer targets (clang), each run for QED_FUZZ_SECONDS (60)
+#   bench/bench.sh --quick, a smoke run of the benchmark (it does not gate on ratios)
+# The last line of output is "N passed, N failed[, N skipped]" over all of them.
 # Exits non-zero if anything failed (including a failed configure or build).
 set -uo pipefail
 
@@ -13,10 +16,14 @@ cd "$root"
 # python3 on PATH may be a pyenv interpreter without the libnbd bindings.
 export PATH="/usr/bin:/bin:$PATH"
 
-bash "$here/install-deps.sh" || { echo "test: installing dependencies failed" >&2; echo "0 passed, 1 failed"; exit 1; }
+bash "$here/install-deps.sh" --test || { echo "test: installing dependencies failed" >&2; echo "0 passed, 1 failed"; exit 1; }
 
 build_failures=0
 logs=()
+# Results of the steps that are not meson tests, one "name OK|FAIL" per line.
+extra=$(mktemp)
+trap 'rm -f "$extra"' EXIT
+test_args=()
 
 # run_suite DIR TIMEOUT_MULTIPLIER [meson options...]
 run_suite() {
@@ -43,7 +50,9 @@ run_suite() {
   echo "=== $dir: test"
   rm -f "$dir/meson-logs/testlog.json"
   meson test -C "$dir" --print-errorlogs --num-processes 2 \
-    --timeout-multiplier "$mult" || true
+    --timeout-multiplier "$mult" "${test_args[@]}" || true
+  # The crash-state test's count, for the record.
+  grep -h '^crash states:' "$dir/meson-logs/testlog.txt" 2>/dev/null | sed "s|^|$dir: |" || true
   if [[ -f $dir/meson-logs/testlog.json ]]; then
     logs+=("$dir/meson-logs/testlog.json")
   else
@@ -54,14 +63,60 @@ run_suite() {
 
 run_suite build 1 -Dsanitize=false
 run_suite build-sanitize 3 -Dsanitize=true
+test_args=(--suite unit --suite crash)
+run_suite build-tsan 4 -Dtsan=true
+test_args=()
 
-/usr/bin/python3 - "$build_failures" "${logs[@]}" <<'PY'
+# fuzz TARGET: run one libFuzzer target on a copy of its seed corpus.
+fuzz() {
+  local t=$1 corpus log
+  corpus=$(mktemp -d) log=$(mktemp)
+  if timeout -k 10 $((QED_FUZZ_SECONDS + 120)) build-fuzz/tests/fuzz/$t \
+      -max_total_time="$QED_FUZZ_SECONDS" -rss_limit_mb=2048 -print_final_stats=1 \
+      "$corpus" "tests/fuzz/corpus/$t" >"$log" 2>&1; then
+    echo "fuzz $t: $(grep -Eo 'Done [0-9]+ runs in [0-9]+ second' "$log" | tail -1 | sed 's/ second$/ s/'), no crash"
+    echo "fuzz-$t OK" >>"$extra"
+  else
+    tail -40 "$log"
+    echo "fuzz $t: FAILED (see above)"
+    echo "fuzz-$t FAIL" >>"$extra"
+  fi
+  rm -rf "$corpus" "$log"
+}
+
+QED_FUZZ_SECONDS=${QED_FUZZ_SECONDS:-60}
+echo "=== build-fuzz: configure and build (clang, libFuzzer, ASan+UBSan)"
+if { [[ -f build-fuzz/build.ninja ]] || CXX=clang++ meson setup build-fuzz -Dfuzz=true; } &&
+    ninja -C build-fuzz; then
+  for t in fuzz_header fuzz_translate fuzz_check; do fuzz "$t"; done
+else
+  echo "test: fuzz build failed" >&2
+  build_failures=$((build_failures + 1))
+fi
+
+echo "=== benchmark smoke run (bench/bench.sh --quick)"
+if [[ -x build/plugin/nbdkit-qed-plugin.so || -f build/plugin/nbdkit-qed-plugin.so ]] &&
+    bash bench/bench.sh --quick --no-sync --plugin build/plugin/nbdkit-qed-plugin.so; then
+  echo "bench-smoke OK" >>"$extra"
+else
+  echo "bench-smoke FAIL" >>"$extra"
+fi
+
+/usr/bin/python3 - "$build_failures" "$extra" "${logs[@]}" <<'PY'
 import json, sys
 
 build_failures = int(sys.argv[1])
 passed = failed = skipped = 0
 bad = []
-for path in sys.argv[2:]:
+with open(sys.argv[2]) as extra:
+    for line in extra:
+        name, result = line.split()
+        if result == "OK":
+            passed += 1
+        else:
+            failed += 1
+            bad.append(name + " " + result)
+for path in sys.argv[3:]:
     p = f = s = 0
     with open(path) as log:
         for line in log:
