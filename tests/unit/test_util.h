@@ -1,0 +1,388 @@
+// Helpers shared by the unit tests: temporary directories, a deterministic
+// random generator, a File wrapper that counts and delays reads, a reference
+// model of a disk, and an independent structural checker for QED files.
+#pragma once
+
+#include <doctest/doctest.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "backing.h"
+#include "create.h"
+#include "fault_file.h"
+#include "file.h"
+#include "format.h"
+#include "image.h"
+
+namespace qt {
+
+// A directory under /tmp, removed with everything in it on destruction.
+class TempDir {
+public:
+  TempDir() {
+    char tmpl[] = "/tmp/qed-unit-XXXXXX";
+    char *p = ::mkdtemp(tmpl);
+    REQUIRE(p != nullptr);
+    path_ = p;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  TempDir(const TempDir &) = delete;
+  TempDir &operator=(const TempDir &) = delete;
+  const std::string &path() const { return path_; }
+  std::string file(const std::string &name) const { return path_ + "/" + name; }
+
+private:
+  std::string path_;
+};
+
+// xorshift64*: deterministic and independent of the standard library.
+class Rng {
+public:
+  explicit Rng(uint64_t seed) : s_(seed * 0x9E3779B97F4A7C15ull | 1) {}
+  uint64_t next() {
+    s_ ^= s_ >> 12;
+    s_ ^= s_ << 25;
+    s_ ^= s_ >> 27;
+    return s_ * 0x2545F4914F6CDD1Dull;
+  }
+  // Uniform-ish in [0, n).
+  uint64_t below(uint64_t n) { return n ? next() % n : 0; }
+  uint64_t range(uint64_t lo, uint64_t hi) { return lo + below(hi - lo + 1); }
+  bool chance(unsigned percent) { return below(100) < percent; }
+
+private:
+  uint64_t s_;
+};
+
+inline std::vector<uint8_t> read_whole_file(const std::string &path) {
+  std::ifstream in(path, std::ios::binary);
+  REQUIRE(in.good());
+  return std::vector<uint8_t>(std::istreambuf_iterator<char>(in), {});
+}
+
+inline void write_whole_file(const std::string &path, const std::vector<uint8_t> &bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  REQUIRE(out.good());
+  out.write(reinterpret_cast<const char *>(bytes.data()), std::streamsize(bytes.size()));
+  REQUIRE(out.good());
+}
+
+// Writes `bytes` at `offset` of an existing file without truncating it.
+inline void patch_file(const std::string &path, uint64_t offset, const void *bytes, size_t n) {
+  std::fstream f(path, std::ios::binary | std::ios::in | std::ios::out);
+  REQUIRE(f.good());
+  f.seekp(std::streamoff(offset));
+  f.write(static_cast<const char *>(bytes), std::streamsize(n));
+  REQUIRE(f.good());
+}
+
+inline void put_le32(uint8_t *p, uint32_t v) {
+  for (int i = 0; i < 4; i++)
+    p[i] = uint8_t(v >> (8 * i));
+}
+inline void put_le64(uint8_t *p, uint64_t v) {
+  for (int i = 0; i < 8; i++)
+    p[i] = uint8_t(v >> (8 * i));
+}
+inline uint64_t get_le64(const uint8_t *p) {
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; i--)
+    v = v << 8 | p[i];
+  return v;
+}
+inline uint32_t get_le32(const uint8_t *p) {
+  uint32_t v = 0;
+  for (int i = 3; i >= 0; i--)
+    v = v << 8 | p[i];
+  return v;
+}
+
+// Forwards to a shared inner file, counts reads per offset and can delay
+// reads at chosen offsets (to make concurrent misses overlap).
+class CountingFile final : public qed::File {
+public:
+  struct Shared {
+    std::mutex mu;
+    std::map<uint64_t, uint64_t> reads_at;  // offset -> preads starting there
+    std::map<uint64_t, int> delay_ms_at;    // offset -> sleep before the read
+    uint64_t total_reads = 0;
+    size_t delay_writes_of = 0;             // writes of exactly this many bytes...
+    int write_delay_ms = 0;                 // ...sleep this long first
+    std::atomic<int> delayed_writes{0};     // delayed writes begun so far
+  };
+
+  CountingFile(std::shared_ptr<qed::File> inner, std::shared_ptr<Shared> shared)
+      : inner_(std::move(inner)), shared_(std::move(shared)) {}
+
+  const std::string &name() const override { return inner_->name(); }
+  qed::Status pread(void *buf, size_t count, uint64_t offset) override {
+    int delay = 0;
+    {
+      std::lock_guard lock(shared_->mu);
+      shared_->reads_at[offset]++;
+      shared_->total_reads++;
+      auto it = shared_->delay_ms_at.find(offset);
+      if (it != shared_->delay_ms_at.end())
+        delay = it->second;
+    }
+    if (delay)
+      std::this_thread::sleep_for(std::chrono::milliseconds(delay));
+    return inner_->pread(buf, count, offset);
+  }
+  qed::Status pwrite(const void *buf, size_t count, uint64_t offset) override {
+    int delay = 0;
+    {
+      std::lock_guard lock(shared_->mu);
+      if (shared_->delay_writes_of == count)
+        delay = shared_->write_delay_ms;
+    }
+    if (delay) {
+      shared_->delayed_writes++;
+      std::this_thread::sleep_for(std::chrono::milliseconds(delay));
+    }
+    return inner_->pwrite(buf, count, offset);
+  }
+  qed::Status sync() override { return inner_->sync(); }
+  qed::Result<uint64_t> size() override { return inner_->size(); }
+  qed::Status truncate(uint64_t size) override { return inner_->truncate(size); }
+  qed::Status extend_to(uint64_t size) override { return inner_->extend_to(size); }
+  qed::Status punch_hole(uint64_t offset, uint64_t count) override {
+    return inner_->punch_hole(offset, count);
+  }
+  qed::Status zero_range(uint64_t offset, uint64_t count) override {
+    return inner_->zero_range(offset, count);
+  }
+
+private:
+  std::shared_ptr<qed::File> inner_;
+  std::shared_ptr<Shared> shared_;
+};
+
+// Creates an image file with qed::create_image; REQUIREs success.
+inline void make_image(const std::string &path, uint64_t size, uint32_t cs, uint32_t ts,
+                       const std::string &backing = "", const std::string &backing_fmt = "") {
+  qed::CreateOptions o;
+  o.size = size;
+  o.cluster_size = cs;
+  o.table_size = ts;
+  o.backing_file = backing;
+  o.backing_format = backing_fmt;
+  qed::Status s = qed::create_image(path, o);
+  INFO(s.message());
+  REQUIRE(s.is_ok());
+}
+
+// An image living in a MemoryFile that outlives every Image opened on it.
+struct MemImage {
+  std::string path;
+  std::shared_ptr<qed::MemoryFile> mem;
+  std::shared_ptr<qed::FaultFile> last_fault;  // of the last open_mem()
+
+  // Builds a fresh image with create_image in `dir` and loads it into memory.
+  static MemImage create(const TempDir &dir, const std::string &name, uint64_t size, uint32_t cs,
+                         uint32_t ts) {
+    MemImage m;
+    m.path = dir.file(name);
+    make_image(m.path, size, cs, ts);
+    m.mem = std::make_shared<qed::MemoryFile>(read_whole_file(m.path), m.path);
+    return m;
+  }
+};
+
+// A File that forwards to a shared FaultFile, so the test keeps a handle on
+// the FaultFile (to arm failures and count calls) while the Image owns this.
+class SharedFile final : public qed::File {
+public:
+  explicit SharedFile(std::shared_ptr<qed::File> inner) : inner_(std::move(inner)) {}
+  const std::string &name() const override { return inner_->name(); }
+  qed::Status pread(void *buf, size_t count, uint64_t offset) override {
+    return inner_->pread(buf, count, offset);
+  }
+  qed::Status pwrite(const void *buf, size_t count, uint64_t offset) override {
+    return inner_->pwrite(buf, count, offset);
+  }
+  qed::Status sync() override { return inner_->sync(); }
+  qed::Result<uint64_t> size() override { return inner_->size(); }
+  qed::Status truncate(uint64_t size) override { return inner_->truncate(size); }
+  qed::Status extend_to(uint64_t size) override { return inner_->extend_to(size); }
+  qed::Status punch_hole(uint64_t offset, uint64_t count) override {
+    return inner_->punch_hole(offset, count);
+  }
+  qed::Status zero_range(uint64_t offset, uint64_t count) override {
+    return inner_->zero_range(offset, count);
+  }
+  qed::Result<Run> probe_run(uint64_t offset, uint64_t limit) override {
+    return inner_->probe_run(offset, limit);
+  }
+
+private:
+  std::shared_ptr<qed::File> inner_;
+};
+
+inline qed::OpenOptions rw_options(uint64_t cache_bytes = 64ull << 20) {
+  qed::OpenOptions o;
+  o.read_only = false;
+  o.cache_bytes = cache_bytes;
+  return o;
+}
+
+// Opens an Image on `file` (which the Image then owns); REQUIREs success.
+inline std::unique_ptr<qed::Image> open_on(const std::string &path, std::unique_ptr<qed::File> file,
+                                           const qed::OpenOptions &options) {
+  qed::ChainState chain;
+  auto r = qed::Image::open_file(path, std::move(file), options, chain);
+  INFO(r.status().message());
+  REQUIRE(r.is_ok());
+  return std::move(*r);
+}
+
+// Opens the image in `m.mem` through a fresh FaultFile (kept in m.last_fault).
+inline std::unique_ptr<qed::Image> open_mem(MemImage &m, const qed::OpenOptions &options) {
+  m.last_fault = std::make_shared<qed::FaultFile>(m.mem);
+  return open_on(m.path, std::make_unique<SharedFile>(m.last_fault), options);
+}
+
+inline std::unique_ptr<qed::Image> open_path(const std::string &path,
+                                             const qed::OpenOptions &options) {
+  auto r = qed::Image::open(path, options);
+  INFO(r.status().message());
+  REQUIRE(r.is_ok());
+  return std::move(*r);
+}
+
+// Reads the whole virtual disk into `out` (reusing its memory).
+inline void read_all_into(qed::Image &img, std::vector<uint8_t> &out) {
+  out.resize(img.size());
+  const size_t chunk = 8u << 20;
+  for (uint64_t pos = 0; pos < out.size(); pos += chunk) {
+    const size_t n = size_t(std::min<uint64_t>(chunk, out.size() - pos));
+    qed::Status s = img.read(out.data() + pos, n, pos);
+    INFO(s.message());
+    REQUIRE(s.is_ok());
+  }
+}
+
+inline std::vector<uint8_t> read_all(qed::Image &img) {
+  std::vector<uint8_t> out;
+  read_all_into(img, out);
+  return out;
+}
+
+// First differing offset, or -1.
+inline int64_t first_diff(const std::vector<uint8_t> &a, const std::vector<uint8_t> &b) {
+  if (a.size() != b.size())
+    return int64_t(std::min(a.size(), b.size()));
+  // memcmp by chunks first: byte loops are slow under the sanitizers.
+  for (size_t at = 0; at < a.size(); at += 65536) {
+    const size_t n = std::min<size_t>(65536, a.size() - at);
+    if (std::memcmp(a.data() + at, b.data() + at, n) == 0)
+      continue;
+    for (size_t i = at; i < at + n; i++)
+      if (a[i] != b[i])
+        return int64_t(i);
+  }
+  return -1;
+}
+
+#define QT_CHECK_SAME(actual, expected)                                   \
+  do {                                                                    \
+    const int64_t qt_diff_ = ::qt::first_diff((actual), (expected));      \
+    INFO("first difference at byte " << qt_diff_);                        \
+    CHECK(qt_diff_ == -1);                                                \
+  } while (0)
+
+inline void fill_pattern(uint8_t *p, size_t n, uint64_t seed) {
+  Rng r(seed);
+  uint64_t v = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (i % 8 == 0)
+      v = r.next();
+    p[i] = uint8_t(v >> (8 * (i % 8))) | 1;  // never zero, so zeroes stand out
+  }
+}
+
+// An independent structural check of a QED file's bytes: the header is
+// valid, every table and data cluster lies inside the file, is aligned, is not
+// inside the header or the L1 table, and no cluster is referenced twice.
+// Entries past the end of the file are allowed (treated as unallocated) only
+// if `allow_past_eof`. Returns an empty string when consistent.
+inline std::string check_structure(const std::vector<uint8_t> &f, bool allow_past_eof = false) {
+  if (f.size() < 64)
+    return "file too small";
+  const uint32_t cs = get_le32(&f[4]);
+  const uint32_t ts = get_le32(&f[8]);
+  const uint32_t hs = get_le32(&f[12]);
+  const uint64_t l1 = get_le64(&f[40]);
+  const uint64_t size = get_le64(&f[48]);
+  const uint64_t tb = uint64_t(cs) * ts;
+  const uint64_t entries = tb / 8;
+  const uint64_t span = entries * cs;
+  const uint64_t fsize = f.size();
+  if (l1 % cs || l1 < uint64_t(hs) * cs || l1 + tb > fsize)
+    return "bad L1 offset";
+  std::map<uint64_t, std::string> owner;  // cluster index -> what uses it
+  auto claim = [&](uint64_t off, uint64_t n, const std::string &what) -> std::string {
+    for (uint64_t c = off / cs; c < off / cs + n; c++) {
+      auto [it, fresh] = owner.emplace(c, what);
+      if (!fresh)
+        return what + " reuses cluster " + std::to_string(c) + " of " + it->second;
+    }
+    return "";
+  };
+  std::string e = claim(0, hs, "header");
+  if (e.empty())
+    e = claim(l1, ts, "L1");
+  if (!e.empty())
+    return e;
+  const uint64_t l1_used = (size + span - 1) / span;
+  for (uint64_t i = 0; i < entries; i++) {
+    const uint64_t t = get_le64(&f[l1 + 8 * i]);
+    if (t == 0)
+      continue;
+    if (i >= l1_used)
+      return "L1 entry " + std::to_string(i) + " beyond the image is set";
+    if (t % cs || t < uint64_t(hs) * cs)
+      return "L1 entry " + std::to_string(i) + " invalid: " + std::to_string(t);
+    if (t + tb > fsize)
+      return "L2 table " + std::to_string(i) + " at " + std::to_string(t) + " past EOF " +
+             std::to_string(fsize);
+    if (!(e = claim(t, ts, "L2 table " + std::to_string(i))).empty())
+      return e;
+    for (uint64_t j = 0; j < entries; j++) {
+      const uint64_t d = get_le64(&f[t + 8 * j]);
+      if (d <= 1)
+        continue;
+      const uint64_t vpos = i * span + j * cs;
+      if (vpos >= size)
+        return "L2 entry beyond the image at virtual " + std::to_string(vpos);
+      if (d % cs || d < uint64_t(hs) * cs)
+        return "L2 entry for virtual " + std::to_string(vpos) + " invalid: " + std::to_string(d);
+      if (d + cs > fsize) {
+        if (allow_past_eof)
+          continue;
+        return "L2 entry for virtual " + std::to_string(vpos) + " past EOF";
+      }
+      if (!(e = claim(d, 1, "data for virtual " + std::to_string(vpos))).empty())
+        return e;
+    }
+  }
+  return "";
+}
+
+}  // namespace qt
