@@ -191,11 +191,11 @@ Status Image::close() {
   std::lock_guard lock(flush_mu_);
   if (closed_ || read_only_)
     return Status::ok();
-  closed_ = true;
   QED_RETURN_IF_ERROR(flush_locked());
-  if (!needs_check_on_disk_ || !may_mark_clean_)
-    return Status::ok();
-  return mark_clean_locked();
+  if (needs_check_on_disk_ && may_mark_clean_)
+    QED_RETURN_IF_ERROR(mark_clean_locked());
+  closed_ = true;  // only now: a failed close can be retried
+  return Status::ok();
 }
 
 Status Image::mark_clean_locked() {

@@ -102,7 +102,9 @@ private:
   Result<bool> read_below(Run::Kind was, uint64_t vpos, uint64_t count, uint8_t *out);
   Status write_range(const uint8_t *data, uint64_t count, uint64_t pos);
   Status zero_data(uint64_t host, uint64_t count, ZeroFlags flags);
-  Status zero_unallocated(uint64_t pos, uint64_t count);
+  // Zeroes a run that was unallocated; returns the bytes done, fewer than
+  // `count` when a concurrent write allocated a cluster of it.
+  Result<uint64_t> zero_unallocated(uint64_t pos, uint64_t count);
   Status writeback_if_needed();
   Status flush_locked();
   Status error_context(const Status &s) const;

@@ -146,11 +146,12 @@ Status Image::zero_data(uint64_t host, uint64_t count, ZeroFlags flags) {
   return Status::ok();
 }
 
-Status Image::zero_unallocated(uint64_t pos, uint64_t count) {
+Result<uint64_t> Image::zero_unallocated(uint64_t pos, uint64_t count) {
   // Without data below, an unallocated cluster already reads as zeroes.
   if (!backing_ || pos >= backing_->size())
-    return Status::ok();
+    return count;
   const uint64_t cs = geo_.cluster_size();
+  const uint64_t start = pos;
   while (count > 0) {
     const uint64_t in_cluster = geo_.offset_in_cluster(pos);
     uint64_t done;
@@ -159,7 +160,7 @@ Status Image::zero_unallocated(uint64_t pos, uint64_t count) {
       if (!n)
         return error_context(n.status());
       if (*n == 0)
-        return Status::ok();  // became data meanwhile: the caller looks again
+        break;  // a write allocated it meanwhile: the caller looks again
       done = *n * cs;
     } else {
       // A partial cluster: allocate it, keeping the backing data around the
@@ -170,7 +171,7 @@ Status Image::zero_unallocated(uint64_t pos, uint64_t count) {
     pos += done;
     count -= done;
   }
-  return Status::ok();
+  return pos - start;
 }
 
 Status Image::zero(uint64_t pos, uint64_t count, ZeroFlags flags) {
@@ -182,11 +183,15 @@ Status Image::zero(uint64_t pos, uint64_t count, ZeroFlags flags) {
     auto run = meta_->lookup(pos, count);
     if (!run)
       return error_context(run.status());
-    const uint64_t n = run->length;
-    if (run->kind == Run::kData)
+    uint64_t n = run->length;
+    if (run->kind == Run::kData) {
       QED_RETURN_IF_ERROR(zero_data(run->host_offset, n, flags));
-    else if (run->kind == Run::kUnallocated)
-      QED_RETURN_IF_ERROR(zero_unallocated(pos, n));
+    } else if (run->kind == Run::kUnallocated) {
+      auto done = zero_unallocated(pos, n);
+      if (!done)
+        return done.status();
+      n = *done;  // less than the run if a write got there first
+    }
     pos += n;
     count -= n;
   }
