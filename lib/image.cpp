@@ -14,6 +14,7 @@ Image::Image(std::string path, std::unique_ptr<File> file, const Header &header,
       file_(std::move(file)),
       read_only_(read_only),
       geo_(header),
+      header_at_open_(header),
       header_(header),
       needs_check_on_disk_(header.needs_check()) {}
 

@@ -82,6 +82,8 @@ public:
   bool has_backing() const { return backing_ != nullptr; }
   bool can_punch_holes() const { return can_punch_; }
   Header header();
+  // The header as validated at open (geometry fields never change).
+  const Header &header_at_open() const { return header_at_open_; }
   // The report of the check run at open, if one ran.
   const std::optional<CheckReport> &check_report() const { return check_report_; }
 
@@ -118,6 +120,7 @@ private:
   bool can_punch_ = false;
   uint64_t writeback_threshold_ = 0;  // dirty metadata bytes that force a write-back
   std::optional<CheckReport> check_report_;
+  const Header header_at_open_;
 
   std::mutex flush_mu_;
   Header header_;                     // guarded by flush_mu_

@@ -71,6 +71,27 @@ int open_served(bool read_only) {
   return 0;
 }
 
+// A size= that cannot be honoured stops nbdkit at start-up, rather than
+// failing the first client that may write.
+int check_grow(const qed::Image &image) {
+  const Config &c = config();
+  if (c.create || c.size == 0 || c.size == image.size())
+    return 0;
+  const qed::Header &h = image.header_at_open();
+  const uint64_t max = qed::max_image_size(h.cluster_size, h.table_size);
+  if (c.size < image.size())
+    return report(qed::Status::invalid_argument(
+        image.path() + ": size=" + std::to_string(c.size) + " is smaller than the image (" +
+        std::to_string(image.size()) + " bytes); shrinking is not supported"));
+  if (c.size > max)
+    return report(qed::Status::invalid_argument(
+        image.path() + ": cannot grow to " + std::to_string(c.size) +
+        " bytes: the largest size for cluster size " + std::to_string(h.cluster_size) +
+        " and table size " + std::to_string(h.table_size) + " is " + std::to_string(max) +
+        " bytes"));
+  return 0;
+}
+
 int qed_get_ready() {
   return guarded([] {
     const Config &c = config();
@@ -79,7 +100,9 @@ int qed_get_ready() {
         return report(s);
     }
     std::lock_guard lock(served_mu);
-    return open_served(true);
+    if (open_served(true) == -1)
+      return -1;
+    return check_grow(*served);
   });
 }
 
