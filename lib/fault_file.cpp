@@ -6,6 +6,8 @@
 namespace qed {
 
 Status MemoryFile::pread(void *buf, size_t count, uint64_t offset) {
+  if (count == 0)
+    return Status::ok();
   std::shared_lock lock(mu_);
   auto *p = static_cast<uint8_t *>(buf);
   const uint64_t have = offset < data_.size() ? std::min<uint64_t>(count, data_.size() - offset) : 0;
@@ -16,6 +18,8 @@ Status MemoryFile::pread(void *buf, size_t count, uint64_t offset) {
 }
 
 Status MemoryFile::pwrite(const void *buf, size_t count, uint64_t offset) {
+  if (count == 0)
+    return Status::ok();
   std::unique_lock lock(mu_);
   if (data_.size() < offset + count)
     data_.resize(offset + count);

@@ -72,7 +72,7 @@ fuzz() {
   local t=$1 corpus log
   corpus=$(mktemp -d) log=$(mktemp)
   if timeout -k 10 $((QED_FUZZ_SECONDS + 120)) build-fuzz/tests/fuzz/$t \
-      -max_total_time="$QED_FUZZ_SECONDS" -rss_limit_mb=2048 -print_final_stats=1 \
+      -max_total_time="$QED_FUZZ_SECONDS" -rss_limit_mb=2048 -artifact_prefix=build-fuzz/ \
       "$corpus" "tests/fuzz/corpus/$t" >"$log" 2>&1; then
     echo "fuzz $t: $(grep -Eo 'Done [0-9]+ runs in [0-9]+ second' "$log" | tail -1 | sed 's/ second$/ s/'), no crash"
     echo "fuzz-$t OK" >>"$extra"
