@@ -128,6 +128,14 @@ serve_ro() {
   qed_nbdkit -r -U "$tmp/sock" "$plugin" file="$image" "$@" --run "$cmd"
 }
 
+# serve_rw IMAGE CMD [PLUGIN-ARGS...]: like serve_ro, writable.
+serve_rw() {
+  local image=$1 cmd=$2
+  shift 2
+  rm -f "$tmp/sock"
+  qed_nbdkit -U "$tmp/sock" "$plugin" file="$image" "$@" --run "$cmd"
+}
+
 # refuses [PLUGIN-ARGS...]: nbdkit serving the plugin read-only with these arguments
 # must refuse to start: exit status 1..125 (not a signal), and the --run command must
 # not run.  Sets $refuse_rc.  Tolerates the ASan-preload exit hang (see above).

@@ -10,12 +10,6 @@ source "$here/functions.sh" "$@"
 
 KiB=1024 MiB=$((1024 * 1024)) GiB=$((1024 * 1024 * 1024))
 
-serve_rw() {  # serve_rw IMAGE CMD [PLUGIN-ARGS...]: like serve_ro, writable
-  local image=$1 cmd=$2
-  shift 2
-  rm -f "$tmp/sock"
-  qed_nbdkit -U "$tmp/sock" "$plugin" file="$image" "$@" --run "$cmd"
-}
 
 # refused_rw IMAGE CMD [PLUGIN-ARGS...]: serve_rw for a run that must fail; returns
 # nbdkit's exit status.  Under the sanitizer nbdkit 1.32 can hang at exit after

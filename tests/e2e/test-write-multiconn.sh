@@ -7,12 +7,6 @@ requires /usr/bin/python3 -c 'import nbd'
 
 MiB=$((1024 * 1024))
 
-serve_rw() {  # serve_rw IMAGE CMD [PLUGIN-ARGS...]: like serve_ro, writable
-  local image=$1 cmd=$2
-  shift 2
-  rm -f "$tmp/sock"
-  qed_nbdkit -U "$tmp/sock" "$plugin" file="$image" "$@" --run "$cmd"
-}
 
 echo "== nbdinfo flags of a writable export"
 serve_rw flags.qed 'nbdinfo --json "$uri" >info.json' create=true size=64M || fail "nbdinfo"

@@ -14,12 +14,6 @@ requires /usr/bin/python3 -c 'import nbd'
 
 KiB=1024 MiB=$((1024 * 1024))
 
-serve_rw() {  # serve_rw IMAGE CMD [PLUGIN-ARGS...]: like serve_ro, writable
-  local image=$1 cmd=$2
-  shift 2
-  rm -f "$tmp/sock"
-  qed_nbdkit -U "$tmp/sock" "$plugin" file="$image" "$@" --run "$cmd"
-}
 
 # py NAME <<'PY' ... PY: save a Python script (it gets URI as argv[1]).
 py() {

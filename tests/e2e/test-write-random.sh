@@ -19,12 +19,6 @@ echo "test-write-random: seed $seed (rerun with QED_WRITE_SEED=$seed), $nreq req
 
 KiB=1024 MiB=$((1024 * 1024)) GiB=$((1024 * 1024 * 1024))
 
-serve_rw() {  # serve_rw IMAGE CMD [PLUGIN-ARGS...]: like serve_ro, writable
-  local image=$1 cmd=$2
-  shift 2
-  rm -f "$tmp/sock"
-  qed_nbdkit -U "$tmp/sock" "$plugin" file="$image" "$@" --run "$cmd"
-}
 
 need_check_clear() {
   local f
