@@ -113,9 +113,39 @@ inline uint32_t get_le32(const uint8_t *p) {
   return v;
 }
 
+// A File that forwards to a shared FaultFile, so the test keeps a handle on
+// the FaultFile (to arm failures and count calls) while the Image owns this.
+class SharedFile : public qed::File {
+public:
+  explicit SharedFile(std::shared_ptr<qed::File> inner) : inner_(std::move(inner)) {}
+  const std::string &name() const override { return inner_->name(); }
+  qed::Status pread(void *buf, size_t count, uint64_t offset) override {
+    return inner_->pread(buf, count, offset);
+  }
+  qed::Status pwrite(const void *buf, size_t count, uint64_t offset) override {
+    return inner_->pwrite(buf, count, offset);
+  }
+  qed::Status sync() override { return inner_->sync(); }
+  qed::Result<uint64_t> size() override { return inner_->size(); }
+  qed::Status truncate(uint64_t size) override { return inner_->truncate(size); }
+  qed::Status extend_to(uint64_t size) override { return inner_->extend_to(size); }
+  qed::Status punch_hole(uint64_t offset, uint64_t count) override {
+    return inner_->punch_hole(offset, count);
+  }
+  qed::Status zero_range(uint64_t offset, uint64_t count) override {
+    return inner_->zero_range(offset, count);
+  }
+  qed::Result<Run> probe_run(uint64_t offset, uint64_t limit) override {
+    return inner_->probe_run(offset, limit);
+  }
+
+protected:
+  std::shared_ptr<qed::File> inner_;
+};
+
 // Forwards to a shared inner file, counts reads per offset and can delay
 // reads at chosen offsets (to make concurrent misses overlap).
-class CountingFile final : public qed::File {
+class CountingFile final : public SharedFile {
 public:
   struct Shared {
     std::mutex mu;
@@ -128,9 +158,8 @@ public:
   };
 
   CountingFile(std::shared_ptr<qed::File> inner, std::shared_ptr<Shared> shared)
-      : inner_(std::move(inner)), shared_(std::move(shared)) {}
+      : SharedFile(std::move(inner)), shared_(std::move(shared)) {}
 
-  const std::string &name() const override { return inner_->name(); }
   qed::Status pread(void *buf, size_t count, uint64_t offset) override {
     int delay = 0;
     {
@@ -158,19 +187,8 @@ public:
     }
     return inner_->pwrite(buf, count, offset);
   }
-  qed::Status sync() override { return inner_->sync(); }
-  qed::Result<uint64_t> size() override { return inner_->size(); }
-  qed::Status truncate(uint64_t size) override { return inner_->truncate(size); }
-  qed::Status extend_to(uint64_t size) override { return inner_->extend_to(size); }
-  qed::Status punch_hole(uint64_t offset, uint64_t count) override {
-    return inner_->punch_hole(offset, count);
-  }
-  qed::Status zero_range(uint64_t offset, uint64_t count) override {
-    return inner_->zero_range(offset, count);
-  }
 
 private:
-  std::shared_ptr<qed::File> inner_;
   std::shared_ptr<Shared> shared_;
 };
 
@@ -203,36 +221,6 @@ struct MemImage {
     m.mem = std::make_shared<qed::MemoryFile>(read_whole_file(m.path), m.path);
     return m;
   }
-};
-
-// A File that forwards to a shared FaultFile, so the test keeps a handle on
-// the FaultFile (to arm failures and count calls) while the Image owns this.
-class SharedFile final : public qed::File {
-public:
-  explicit SharedFile(std::shared_ptr<qed::File> inner) : inner_(std::move(inner)) {}
-  const std::string &name() const override { return inner_->name(); }
-  qed::Status pread(void *buf, size_t count, uint64_t offset) override {
-    return inner_->pread(buf, count, offset);
-  }
-  qed::Status pwrite(const void *buf, size_t count, uint64_t offset) override {
-    return inner_->pwrite(buf, count, offset);
-  }
-  qed::Status sync() override { return inner_->sync(); }
-  qed::Result<uint64_t> size() override { return inner_->size(); }
-  qed::Status truncate(uint64_t size) override { return inner_->truncate(size); }
-  qed::Status extend_to(uint64_t size) override { return inner_->extend_to(size); }
-  qed::Status punch_hole(uint64_t offset, uint64_t count) override {
-    return inner_->punch_hole(offset, count);
-  }
-  qed::Status zero_range(uint64_t offset, uint64_t count) override {
-    return inner_->zero_range(offset, count);
-  }
-  qed::Result<Run> probe_run(uint64_t offset, uint64_t limit) override {
-    return inner_->probe_run(offset, limit);
-  }
-
-private:
-  std::shared_ptr<qed::File> inner_;
 };
 
 inline qed::OpenOptions rw_options(uint64_t cache_bytes = 64ull << 20) {
