@@ -113,8 +113,9 @@ inline uint32_t get_le32(const uint8_t *p) {
   return v;
 }
 
-// A File that forwards to a shared FaultFile, so the test keeps a handle on
-// the FaultFile (to arm failures and count calls) while the Image owns this.
+// A File that forwards every call to a shared inner file, so the test keeps a
+// handle on it (a FaultFile: arm failures, count calls) while the Image owns
+// this. Wrappers that change a few calls derive from it.
 class SharedFile : public qed::File {
 public:
   explicit SharedFile(std::shared_ptr<qed::File> inner) : inner_(std::move(inner)) {}
