@@ -2,7 +2,9 @@
 
 #include <sys/stat.h>
 
+#include <cstdlib>
 #include <cstring>
+#include <memory>
 
 #include "image.h"
 
@@ -77,16 +79,23 @@ Status enter_chain(ChainState &chain, const std::string &path) {
   return Status::ok();
 }
 
-Result<std::unique_ptr<BlockSource>> open_backing(const std::string &image_path,
-                                                  const std::string &name, bool raw,
-                                                  const OpenOptions &options, ChainState &chain) {
-  const std::string path = resolve_backing_path(image_path, name);
-  const std::string context = image_path + ": backing file " + path;
+namespace {
+
+// The canonical path when the file exists (so that messages and the export
+// description name it plainly), else the path as resolved.
+std::string canonical_or_same(const std::string &path) {
+  std::unique_ptr<char, decltype(&std::free)> real(::realpath(path.c_str(), nullptr), std::free);
+  return real ? std::string(real.get()) : path;
+}
+
+Result<std::unique_ptr<BlockSource>> open_backing_file(const std::string &path, bool raw,
+                                                       const OpenOptions &options,
+                                                       ChainState &chain) {
   std::string format = "raw";
   if (!raw) {
     auto file = open_posix_file(path, OpenMode::kReadOnly);
     if (!file)
-      return file.status().with_context(image_path + ": cannot open backing file");
+      return file.status();
     uint8_t head[512];
     QED_RETURN_IF_ERROR((*file)->pread(head, sizeof head, 0));
     format = probe_format(head, sizeof head);
@@ -97,20 +106,32 @@ Result<std::unique_ptr<BlockSource>> open_backing(const std::string &image_path,
     below.grow_to = 0;
     auto image = Image::open_in_chain(path, below, chain);
     if (!image)
-      return image.status().with_context(image_path + ": in backing file");
+      return image.status();
     return std::unique_ptr<BlockSource>(std::move(*image));
   }
   if (format != "raw")
-    return Status::not_supported(context + " is in " + format +
+    return Status::not_supported(path + " is in " + format +
                                  " format; only raw and qed backing files are supported");
   QED_RETURN_IF_ERROR(enter_chain(chain, path));
   auto file = open_posix_file(path, OpenMode::kReadOnly);
   if (!file)
-    return file.status().with_context(image_path + ": cannot open backing file");
+    return file.status();
   auto size = (*file)->size();
   if (!size)
     return size.status();
   return std::unique_ptr<BlockSource>(std::make_unique<RawSource>(std::move(*file), *size));
+}
+
+}  // namespace
+
+Result<std::unique_ptr<BlockSource>> open_backing(const std::string &image_path,
+                                                  const std::string &name, bool raw,
+                                                  const OpenOptions &options, ChainState &chain) {
+  auto source = open_backing_file(canonical_or_same(resolve_backing_path(image_path, name)), raw,
+                                  options, chain);
+  if (!source)
+    return source.status().with_context(image_path + ": backing file \"" + name + "\"");
+  return source;
 }
 
 }  // namespace qed

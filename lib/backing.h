@@ -31,6 +31,7 @@ public:
   uint64_t size() const override { return size_; }
   Status read(void *buf, size_t count, uint64_t pos) override;
   Result<std::vector<Extent>> extents(uint64_t pos, uint64_t count, size_t max) override;
+  std::string description() const override { return "raw " + file_->name(); }
 
 private:
   std::unique_ptr<File> file_;

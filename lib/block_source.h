@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "status.h"
@@ -30,6 +31,8 @@ public:
   // Extents covering a prefix of [pos, pos+count) (within size()), at most
   // `max` of them (max >= 1).
   virtual Result<std::vector<Extent>> extents(uint64_t pos, uint64_t count, size_t max) = 0;
+  // What it is, for people: format, name, and what lies below it.
+  virtual std::string description() const = 0;
 };
 
 // Reads [pos, pos+count) of `source`; bytes past its end read as zeroes.

@@ -92,10 +92,16 @@ Status check_backing_name(const Header &h) {
     return Status::corruption("backing file name is too long (" + std::to_string(len) +
                               " bytes, the limit is " +
                               std::to_string(kMaxBackingNameBytes) + ")");
-  if (off < kHeaderBytes || off + len > header_bytes)
-    return Status::corruption("backing file name (offset " + std::to_string(off) +
-                              ", " + std::to_string(len) +
-                              " bytes) lies outside the header clusters");
+  const std::string name = "backing file name (bytes " + std::to_string(off) + " to " +
+                           std::to_string(off + len) + ")";
+  if (off < kHeaderBytes)
+    return Status::corruption(name + " overlaps the " + std::to_string(kHeaderBytes) +
+                              "-byte header; it must start at byte " +
+                              std::to_string(kHeaderBytes) + " or later");
+  if (off + len > header_bytes)
+    return Status::corruption(name + " ends past the header clusters (" +
+                              std::to_string(header_bytes) + " bytes, header size " +
+                              std::to_string(h.header_size) + ")");
   return Status::ok();
 }
 
@@ -113,7 +119,8 @@ Status validate_header(const Header &h, uint64_t file_size) {
     return Status::corruption("table size " + std::to_string(h.table_size) +
                               " is not a power of two between 1 and 16");
   if (h.header_size == 0)
-    return Status::corruption("header size is 0 clusters");
+    return Status::corruption("header size is 0 clusters; it must be at least 1 (the header "
+                              "lives in cluster 0)");
   if (uint64_t(h.header_size) * h.cluster_size > file_size)
     return Status::corruption("header size of " + std::to_string(h.header_size) +
                               " clusters is larger than the file");

@@ -3,6 +3,7 @@
 #include "image.h"
 
 #include <algorithm>
+#include <iterator>
 
 #include "table.h"
 
@@ -161,6 +162,28 @@ Status Image::grow(uint64_t new_size) {
   }
   geo_ = Geometry(header_);
   return Status::ok();
+}
+
+namespace {
+
+std::string bytes_for_people(uint64_t n) {
+  static const char *const kUnits[] = {"bytes", "KiB", "MiB", "GiB"};
+  unsigned u = 0;
+  while (u + 1 < std::size(kUnits) && n >= 1024 && n % 1024 == 0) {
+    n /= 1024;
+    u++;
+  }
+  return std::to_string(n) + " " + kUnits[u];
+}
+
+}  // namespace
+
+std::string Image::description() const {
+  std::string d = "qed " + path_ + " (cluster size " + bytes_for_people(geo_.cluster_size()) +
+                  ", table size " + std::to_string(geo_.table_size_clusters()) + ")";
+  if (backing_)
+    d += ", backing file: " + backing_->description();
+  return d;
 }
 
 Header Image::header() {

@@ -66,6 +66,8 @@ public:
   uint64_t size() const override { return geo_.image_size(); }
   Status read(void *buf, size_t count, uint64_t pos) override;
   Result<std::vector<Extent>> extents(uint64_t pos, uint64_t count, size_t max) override;
+  // "qed PATH (cluster size 64 KiB, table size 4), backing file: ..." down the chain.
+  std::string description() const override;
 
   Status write(const void *buf, size_t count, uint64_t pos, bool fua);
   Status zero(uint64_t pos, uint64_t count, ZeroFlags flags);

@@ -5,8 +5,10 @@
 #include "config.h"
 #include "format.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 
 namespace qed_plugin {
 
@@ -15,27 +17,16 @@ Config &config() {
   return c;
 }
 
-const char *const kConfigHelp =
-    "file=<FILENAME>     (required) The QED image to serve.\n"
-    "cache-size=<SIZE>   L2 table cache per image (default 64M).\n"
-    "allow-backing=false Refuse images that have a backing file.\n"
-    "check=auto|repair|report|off  Consistency check at open (default auto:\n"
-    "                    repair an image left dirty by a crash).\n"
-    "create=true         Create a new image (needs size= or backing=).\n"
-    "overwrite=true      With create=true, replace an existing file.\n"
-    "size=<SIZE>         Size of a new image; on an existing image, grow it.\n"
-    "cluster-size=<SIZE> Cluster size of a new image (default 64K).\n"
-    "table-size=<N>      Clusters per table of a new image, 1-16 (default 4).\n"
-    "backing=<FILENAME>  Backing file of a new image.\n"
-    "backing-format=raw|qed  Format of that backing file (default: probe).";
-
 namespace {
 
-int parse_bool(const char *key, const char *value, bool &out) {
+// The value of file= as given; made absolute in config_complete, when we know
+// whether it must already exist (it need not with create=true).
+std::string file_as_given;
+
+int parse_bool(const char *value, bool &out) {
   int r = nbdkit_parse_bool(value);
   if (r == -1)
     return -1;  // nbdkit_parse_bool reported the error
-  (void)key;
   out = r;
   return 0;
 }
@@ -82,52 +73,82 @@ int parse_check(const char *value, qed::CheckPolicy &out) {
   return -1;
 }
 
+struct Key {
+  const char *name;
+  const char *value;  // how --help shows the value
+  const char *help;
+  int (*parse)(Config &c, const char *key, const char *value);
+};
+
+const Key kKeys[] = {
+    {"file", "<FILENAME>", "(required) The QED image to serve.",
+     [](Config &, const char *, const char *v) {
+       file_as_given = v;
+       return 0;
+     }},
+    {"cache-size", "<SIZE>", "L2 table cache per image in the chain (default 64M).",
+     [](Config &c, const char *k, const char *v) { return parse_size(k, v, c.cache_bytes); }},
+    {"check", "auto|repair|report|off", "Consistency check at open (default auto).",
+     [](Config &c, const char *, const char *v) { return parse_check(v, c.check); }},
+    {"allow-backing", "true|false", "Whether images may have backing files (default true).",
+     [](Config &c, const char *, const char *v) { return parse_bool(v, c.allow_backing); }},
+    {"size", "<SIZE>", "Size of a new image; on an existing image, grow it to SIZE.",
+     [](Config &c, const char *k, const char *v) { return parse_size(k, v, c.size); }},
+    {"create", "true", "Create file= as a new, empty image (needs size= or backing=).",
+     [](Config &c, const char *, const char *v) { return parse_bool(v, c.create); }},
+    {"overwrite", "true", "With create=true, replace an existing file.",
+     [](Config &c, const char *, const char *v) { return parse_bool(v, c.overwrite); }},
+    {"cluster-size", "<SIZE>", "New image: cluster size, 4K to 64M (default 64K).",
+     [](Config &c, const char *k, const char *v) {
+       return parse_u32_size(k, v, c.create_options.cluster_size);
+     }},
+    {"table-size", "<N>", "New image: clusters per table, 1 to 16 (default 4).",
+     [](Config &c, const char *k, const char *v) {
+       return parse_u32_size(k, v, c.create_options.table_size);
+     }},
+    {"backing", "<FILENAME>", "New image: its backing file.",
+     [](Config &c, const char *, const char *v) {
+       c.create_options.backing_file = v;
+       return 0;
+     }},
+    {"backing-format", "raw|qed", "New image: format of the backing file (default: probe).",
+     [](Config &c, const char *, const char *v) {
+       c.create_options.backing_format = v;
+       return 0;
+     }},
+};
+
+// With create=true the file need not exist yet, so realpath() of the folder.
+std::string absolute_image_path(const std::string &given, bool may_be_missing) {
+  std::unique_ptr<char, decltype(&std::free)> real(nbdkit_realpath(given.c_str()), std::free);
+  if (real)
+    return real.get();
+  if (!may_be_missing)
+    return {};  // nbdkit_realpath reported the error
+  std::unique_ptr<char, decltype(&std::free)> abs(nbdkit_absolute_path(given.c_str()),
+                                                  std::free);
+  return abs ? abs.get() : std::string();
+}
+
 }  // namespace
 
 int config_key(const char *key, const char *value) {
-  Config &c = config();
-  if (std::strcmp(key, "file") == 0) {
-    char *path = nbdkit_absolute_path(value);
-    if (!path)
-      return -1;
-    c.file = path;
-    std::free(path);
-    return 0;
-  }
-  if (std::strcmp(key, "cache-size") == 0)
-    return parse_size(key, value, c.cache_bytes);
-  if (std::strcmp(key, "allow-backing") == 0)
-    return parse_bool(key, value, c.allow_backing);
-  if (std::strcmp(key, "check") == 0)
-    return parse_check(value, c.check);
-  if (std::strcmp(key, "create") == 0)
-    return parse_bool(key, value, c.create);
-  if (std::strcmp(key, "overwrite") == 0)
-    return parse_bool(key, value, c.overwrite);
-  if (std::strcmp(key, "size") == 0)
-    return parse_size(key, value, c.size);
-  if (std::strcmp(key, "cluster-size") == 0)
-    return parse_u32_size(key, value, c.create_options.cluster_size);
-  if (std::strcmp(key, "table-size") == 0)
-    return parse_u32_size(key, value, c.create_options.table_size);
-  if (std::strcmp(key, "backing") == 0) {
-    c.create_options.backing_file = value;
-    return 0;
-  }
-  if (std::strcmp(key, "backing-format") == 0) {
-    c.create_options.backing_format = value;
-    return 0;
-  }
-  nbdkit_error("unknown parameter '%s'", key);
+  for (const Key &k : kKeys)
+    if (std::strcmp(key, k.name) == 0)
+      return k.parse(config(), key, value);
+  nbdkit_error("unknown parameter '%s' (nbdkit qed --help lists the keys)", key);
   return -1;
 }
 
 int config_complete() {
   Config &c = config();
-  if (c.file.empty()) {
+  if (file_as_given.empty()) {
     nbdkit_error("you must supply the file=<FILENAME> parameter");
     return -1;
   }
+  c.file = absolute_image_path(file_as_given, c.create);
+  if (c.file.empty())
+    return -1;
   const bool creating_keys = c.create_options.cluster_size != qed::kDefaultClusterSize ||
                              c.create_options.table_size != qed::kDefaultTableSize ||
                              !c.create_options.backing_file.empty() ||
@@ -148,6 +169,34 @@ int config_complete() {
   c.create_options.size = c.size;
   c.create_options.overwrite = c.overwrite;
   return 0;
+}
+
+const char *config_help() {
+  static const std::string help = [] {
+    size_t width = 0;
+    for (const Key &k : kKeys)
+      width = std::max(width, std::strlen(k.name) + 1 + std::strlen(k.value));
+    std::string out;
+    for (const Key &k : kKeys) {
+      std::string left = std::string(k.name).append("=").append(k.value);
+      left.resize(width + 2, ' ');
+      if (!out.empty())
+        out += '\n';
+      out.append(left).append(k.help);
+    }
+    return out;
+  }();
+  return help.c_str();
+}
+
+std::string config_key_list() {
+  std::string out;
+  for (const Key &k : kKeys) {
+    if (!out.empty())
+      out += ',';
+    out += k.name;
+  }
+  return out;
 }
 
 }  // namespace qed_plugin

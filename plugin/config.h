@@ -1,4 +1,5 @@
-// The plugin's configuration keys and their parsing.
+// The plugin's configuration keys: one table (config.cpp) drives .config,
+// --help and the key list that --dump-plugin prints, so they cannot disagree.
 #pragma once
 
 #include <cstdint>
@@ -10,7 +11,7 @@
 namespace qed_plugin {
 
 struct Config {
-  std::string file;                    // file=, required
+  std::string file;                    // file=, required; absolute after config_complete
   uint64_t cache_bytes = 64ull << 20;  // cache-size=
   bool create = false;                 // create=true
   bool overwrite = false;              // overwrite=true (with create)
@@ -23,9 +24,14 @@ struct Config {
 // The one configuration of this nbdkit process (nbdkit loads a plugin once).
 Config &config();
 
+// .config: parses one key=value. .config_complete: checks the combination and
+// makes file= absolute (only these two may call nbdkit_realpath).
 int config_key(const char *key, const char *value);
 int config_complete();
 
-extern const char *const kConfigHelp;
+// .config_help: one aligned line per key.
+const char *config_help();
+// Every key .config accepts, comma-separated (printed by --dump-plugin).
+std::string config_key_list();
 
 }  // namespace qed_plugin

@@ -9,6 +9,7 @@
 #define NBDKIT_API_VERSION 2
 #include <nbdkit-plugin.h>
 
+#include <cstdarg>
 #include <cstdio>
 #include <memory>
 #include <mutex>
@@ -29,6 +30,17 @@ std::mutex served_mu;
 std::shared_ptr<qed::Image> served;
 bool served_writable = false;
 
+// A line of information for the log. nbdkit_debug needs -v, and nbdkit has no
+// informational level of its own, so this goes to stderr in nbdkit's format.
+__attribute__((format(printf, 1, 2))) void log_info(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  std::fprintf(stderr, "nbdkit: qed: ");
+  std::vfprintf(stderr, fmt, ap);
+  std::fprintf(stderr, "\n");
+  va_end(ap);
+}
+
 struct Handle {
   std::shared_ptr<qed::Image> image;
 };
@@ -46,8 +58,10 @@ qed::OpenOptions open_options(bool read_only) {
   return o;
 }
 
-// The check's findings go to nbdkit's log: the summary always (as an error
-// when something was wrong), each problem with -v.
+// The check's findings go to nbdkit's log, each problem with -v. Leaks are
+// what a crash normally leaves (space reserved for writes that no entry
+// reached yet), so giving them back is news, not an error; anything else the
+// check found is an error.
 void log_check(const qed::Image &image) {
   const auto &report = image.check_report();
   if (!report)
@@ -56,6 +70,8 @@ void log_check(const qed::Image &image) {
     nbdkit_debug("%s: check: %s", image.path().c_str(), line.c_str());
   if (report->problems.empty())
     nbdkit_debug("%s: check: clean: %s", image.path().c_str(), report->summary().c_str());
+  else if (report->consistent())
+    log_info("%s: check: %s", image.path().c_str(), report->summary().c_str());
   else
     nbdkit_error("%s: check found problems: %s", image.path().c_str(),
                  report->summary().c_str());
@@ -148,6 +164,11 @@ int qed_block_size(void *handle, uint32_t *minimum, uint32_t *preferred, uint32_
   return 0;
 }
 
+const char *qed_export_description(void *handle) {
+  const std::string d = image_of(handle).description();
+  return nbdkit_strdup_intern(d.c_str());
+}
+
 int qed_can_write(void *handle) { return !image_of(handle).read_only(); }
 int qed_can_flush(void *) { return 1; }
 int qed_can_trim(void *) { return 1; }
@@ -211,6 +232,7 @@ int qed_extents(void *handle, uint32_t count, uint64_t offset, uint32_t flags,
 
 void qed_dump_plugin() {
   std::printf("qed_version=%s\n", PACKAGE_VERSION);
+  std::printf("qed_keys=%s\n", config_key_list().c_str());
   std::printf("qed_max_cluster_size=%u\n", qed::kMaxClusterSize);
   std::printf("qed_table_sizes=1-16\n");
   std::printf("qed_backing_formats=raw,qed\n");
@@ -234,7 +256,7 @@ nbdkit_plugin create_plugin() {
   p.description = "Serve a QED disk image, read-write, with backing files.";
   p.config = qed_config;
   p.config_complete = qed_config_complete;
-  p.config_help = kConfigHelp;
+  p.config_help = config_help();
   p.magic_config_key = "file";
   p.get_ready = qed_get_ready;
   p.cleanup = qed_cleanup;
@@ -242,6 +264,7 @@ nbdkit_plugin create_plugin() {
   p.open = qed_open;
   p.close = qed_close;
   p.get_size = qed_get_size;
+  p.export_description = qed_export_description;
   p.block_size = qed_block_size;
   p.can_write = qed_can_write;
   p.can_flush = qed_can_flush;

@@ -25,18 +25,29 @@ extra=$(mktemp)
 trap 'rm -f "$extra"' EXIT
 test_args=()
 
+# configure DIR [meson options...]: (re)configure DIR with exactly these options
+# on top of the ones every test build shares, whatever DIR held before (serve.sh
+# builds elsewhere, and an earlier run may have used other options). A folder
+# that cannot be reconfigured (another meson, another compiler) is wiped.
+common_options=(--buildtype=debugoptimized -Dwerror=true -Db_ndebug=if-release)
+configure() {
+  local dir=$1
+  shift
+  echo "=== $dir: configure (${common_options[*]} $*)"
+  if [[ -f $dir/build.ninja ]]; then
+    meson setup --reconfigure "$dir" "${common_options[@]}" "$@" ||
+      meson setup --wipe "$dir" "${common_options[@]}" "$@"
+  else
+    rm -rf "$dir"
+    meson setup "$dir" "${common_options[@]}" "$@"
+  fi
+}
+
 # run_suite DIR TIMEOUT_MULTIPLIER [meson options...]
 run_suite() {
   local dir=$1 mult=$2
   shift 2
-  echo "=== $dir: configure ($*)"
-  if [[ -f $dir/build.ninja ]]; then
-    if [[ $# -gt 0 ]] && ! meson configure "$dir" "$@"; then
-      echo "test: meson configure $dir failed" >&2
-      build_failures=$((build_failures + 1))
-      return
-    fi
-  elif ! meson setup "$dir" "$@"; then
+  if ! configure "$dir" "$@"; then
     echo "test: meson setup $dir failed" >&2
     build_failures=$((build_failures + 1))
     return
@@ -61,10 +72,10 @@ run_suite() {
   fi
 }
 
-run_suite build 1 -Dsanitize=false
-run_suite build-sanitize 3 -Dsanitize=true
+run_suite build 1 -Dtests=true -Dsanitize=false -Dtsan=false -Dfuzz=false
+run_suite build-sanitize 3 -Dtests=true -Dsanitize=true -Dtsan=false -Dfuzz=false
 test_args=(--suite unit --suite crash)
-run_suite build-tsan 4 -Dtsan=true
+run_suite build-tsan 4 -Dtests=true -Dsanitize=false -Dtsan=true -Dfuzz=false
 test_args=()
 
 # fuzz TARGET: run one libFuzzer target on a copy of its seed corpus.
@@ -86,7 +97,12 @@ fuzz() {
 
 QED_FUZZ_SECONDS=${QED_FUZZ_SECONDS:-60}
 echo "=== build-fuzz: configure and build (clang, libFuzzer, ASan+UBSan)"
-if { [[ -f build-fuzz/build.ninja ]] || CXX=clang++ meson setup build-fuzz -Dfuzz=true; } &&
+# The compiler is fixed when a folder is first configured: start afresh unless
+# it is clang.
+if ! grep -qs clang build-fuzz/meson-info/intro-compilers.json; then
+  rm -rf build-fuzz
+fi
+if CXX=clang++ configure build-fuzz -Dtests=false -Dsanitize=false -Dtsan=false -Dfuzz=true &&
     ninja -C build-fuzz; then
   for t in fuzz_header fuzz_translate fuzz_check; do fuzz "$t"; done
 else

@@ -306,13 +306,13 @@ bool Runner::check_state(std::vector<uint8_t> bytes, size_t k, std::string &why)
       why = "unit " + std::to_string(u) + " (offset " + std::to_string(u * kUnit) +
             ") holds id " + std::to_string(id) + ", allowed:";
       for (uint64_t a : allowed)
-        why += " " + std::to_string(a);
+        why.append(" ").append(std::to_string(a));
       if (std::getenv("QED_CRASH_DEBUG")) {
         why += "; history:";
         for (const Change &c : w_.history[u]) {
           why += " [seq " + std::to_string(c.seq) + " fua " + std::to_string(c.fua_tag) + " ids";
           for (uint64_t i : c.ids)
-            why += " " + std::to_string(i);
+            why.append(" ").append(std::to_string(i));
           why += "]";
         }
         for (const FlushRecord &f : w_.flushes)

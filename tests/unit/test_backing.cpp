@@ -358,10 +358,10 @@ TEST_CASE("a deep but finite chain opens") {
   std::vector<uint8_t> model(MiB, 0);
   qt::make_image(dir.file("c0.qed"), MiB, 65536, 1);
   for (int i = 1; i <= 10; i++)
-    qt::make_image(dir.file("c" + std::to_string(i) + ".qed"), MiB, 65536, 1,
-                   "c" + std::to_string(i - 1) + ".qed", "qed");
+    qt::make_image(dir.file(qt::cat("c", i, ".qed")), MiB, 65536, 1, qt::cat("c", i - 1, ".qed"),
+                   "qed");
   for (int i = 0; i <= 10; i++) {
-    auto img = qt::open_path(dir.file("c" + std::to_string(i) + ".qed"), qt::rw_options());
+    auto img = qt::open_path(dir.file(qt::cat("c", i, ".qed")), qt::rw_options());
     write_ok(*img, model, uint64_t(i) * 65536 + 3, bytes_of(7, uint8_t(i + 1)));
     REQUIRE(img->close().is_ok());
   }

@@ -13,7 +13,7 @@ TEST_CASE("create_image lays the file out as qemu-img does") {
   qt::TempDir dir;
   for (uint32_t ts : {1u, 4u, 16u}) {
     CAPTURE(ts);
-    const std::string path = dir.file("c" + std::to_string(ts) + ".qed");
+    const std::string path = dir.file(qt::cat("c", ts, ".qed"));
     qt::make_image(path, 1000, 4096, ts);  // 1000 rounds up to 1024
     const auto f = qt::read_whole_file(path);
     CHECK(f.size() == uint64_t(1 + ts) * 4096);

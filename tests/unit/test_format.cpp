@@ -219,7 +219,7 @@ TEST_CASE("validate_header refuses each bad field") {
   }
   SUBCASE("header size 0") {
     h.header_size = 0;
-    expect_refused(h, fs, Code::kCorruption, "header size");
+    expect_refused(h, fs, Code::kCorruption, "header size is 0 clusters; it must be at least 1");
   }
   SUBCASE("header size larger than the file") {
     h.header_size = 0xffffffffu;
@@ -278,19 +278,19 @@ TEST_CASE("validate_header refuses each bad field") {
     h.features = qed::kFeatureBackingFile;
     h.backing_filename_offset = 65536 - 10;
     h.backing_filename_size = 11;
-    expect_refused(h, fs, Code::kCorruption, "outside the header");
+    expect_refused(h, fs, Code::kCorruption, "ends past the header clusters (65536 bytes");
   }
   SUBCASE("backing name overlapping the header fields") {
     h.features = qed::kFeatureBackingFile;
     h.backing_filename_offset = 32;
     h.backing_filename_size = 10;
-    expect_refused(h, fs, Code::kCorruption, "outside the header");
+    expect_refused(h, fs, Code::kCorruption, "overlaps the 64-byte header");
   }
   SUBCASE("backing name offset near 2^32") {
     h.features = qed::kFeatureBackingFile;
     h.backing_filename_offset = 0xfffffff0u;
     h.backing_filename_size = 0x20;
-    expect_refused(h, fs, Code::kCorruption, "outside the header");
+    expect_refused(h, fs, Code::kCorruption, "ends past the header clusters");
   }
 }
 

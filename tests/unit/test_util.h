@@ -18,6 +18,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "backing.h"
@@ -69,6 +70,21 @@ public:
 private:
   uint64_t s_;
 };
+
+// Concatenates strings and numbers. GCC 12 at -O3 warns (-Wrestrict, a false
+// positive) on "literal" + std::to_string(n); appending avoids it.
+template <typename... Parts>
+std::string cat(const Parts &...parts) {
+  std::string out;
+  auto add = [&out](const auto &p) {
+    if constexpr (std::is_arithmetic_v<std::decay_t<decltype(p)>>)
+      out += std::to_string(p);
+    else
+      out += p;
+  };
+  (add(parts), ...);
+  return out;
+}
 
 inline std::vector<uint8_t> read_whole_file(const std::string &path) {
   std::ifstream in(path, std::ios::binary);

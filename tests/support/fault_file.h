@@ -1,5 +1,6 @@
-// Files for tests: an in-memory file, and a wrapper that injects failures and
-// records every mutating operation (the raw material of crash simulation).
+// Files for tests, not part of the shipped engine: an in-memory file, and a
+// wrapper that injects failures and records every mutating operation (the raw
+// material of crash simulation).
 #pragma once
 
 #include <atomic>
