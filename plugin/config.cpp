@@ -5,7 +5,10 @@
 #include "config.h"
 #include "format.h"
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -118,16 +121,15 @@ const Key kKeys[] = {
      }},
 };
 
-// With create=true the file need not exist yet, so realpath() of the folder.
+// With create=true the file need not exist yet: then the folder must.
 std::string absolute_image_path(const std::string &given, bool may_be_missing) {
-  std::unique_ptr<char, decltype(&std::free)> real(nbdkit_realpath(given.c_str()), std::free);
-  if (real)
-    return real.get();
-  if (!may_be_missing)
-    return {};  // nbdkit_realpath reported the error
-  std::unique_ptr<char, decltype(&std::free)> abs(nbdkit_absolute_path(given.c_str()),
-                                                  std::free);
-  return abs ? abs.get() : std::string();
+  using CString = std::unique_ptr<char, decltype(&std::free)>;
+  if (may_be_missing && ::access(given.c_str(), F_OK) != 0 && errno == ENOENT) {
+    CString abs(nbdkit_absolute_path(given.c_str()), std::free);
+    return abs ? abs.get() : std::string();
+  }
+  CString real(nbdkit_realpath(given.c_str()), std::free);
+  return real ? real.get() : std::string();  // nbdkit_realpath reported the error
 }
 
 }  // namespace
