@@ -91,21 +91,9 @@ int open_served(bool read_only) {
 // failing the first client that may write.
 int check_grow(const qed::Image &image) {
   const Config &c = config();
-  if (c.create || c.size == 0 || c.size == image.size())
+  if (c.create || c.size == 0)
     return 0;
-  const qed::Header &h = image.header_at_open();
-  const uint64_t max = qed::max_image_size(h.cluster_size, h.table_size);
-  if (c.size < image.size())
-    return report(qed::Status::invalid_argument(
-        image.path() + ": size=" + std::to_string(c.size) + " is smaller than the image (" +
-        std::to_string(image.size()) + " bytes); shrinking is not supported"));
-  if (c.size > max)
-    return report(qed::Status::invalid_argument(
-        image.path() + ": cannot grow to " + std::to_string(c.size) +
-        " bytes: the largest size for cluster size " + std::to_string(h.cluster_size) +
-        " and table size " + std::to_string(h.table_size) + " is " + std::to_string(max) +
-        " bytes"));
-  return 0;
+  return report(image.check_grow(c.size));
 }
 
 int qed_get_ready() {

@@ -392,7 +392,7 @@ class Worker:
         except nbd.Error as e:
             del self.inflight[cookie]
             if (req["op"] == "zero" and req["flags"] & nbd.CMD_FLAG_FAST_ZERO and
-                    e.errno in (95,)):  # ENOTSUP/EOPNOTSUPP: do a normal zero instead
+                    e.errno in ("ENOTSUP", "EOPNOTSUPP")):  # .errno is the name: do a normal zero instead
                 self.fast_zero_enotsup += 1
                 retry = dict(req, flags=req["flags"] & ~nbd.CMD_FLAG_FAST_ZERO)
                 self.issue(retry)

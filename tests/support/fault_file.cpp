@@ -38,10 +38,10 @@ Status MemoryFile::truncate(uint64_t size) {
   return Status::ok();
 }
 
-Status MemoryFile::extend_to(uint64_t size) {
+Status MemoryFile::extend_to(uint64_t size, uint64_t preferred) {
   std::unique_lock lock(mu_);
   if (data_.size() < size)
-    data_.resize(size);
+    data_.resize(std::max(size, preferred));
   return Status::ok();
 }
 
@@ -155,10 +155,15 @@ Status FaultFile::truncate(uint64_t size) {
   return Status::ok();
 }
 
-Status FaultFile::extend_to(uint64_t size) {
+Status FaultFile::extend_to(uint64_t size, uint64_t preferred) {
   QED_RETURN_IF_ERROR(maybe_fail(FileOp::kExtend));
-  QED_RETURN_IF_ERROR(inner_->extend_to(size));
-  record(FileOp::kExtend, size, 0, nullptr);
+  // Only an extension that grows the file is an operation worth recording (a
+  // concurrent write may grow it meanwhile: the record then over-states the
+  // size, which a crash state reads as a longer zero tail).
+  auto before = inner_->size();
+  QED_RETURN_IF_ERROR(inner_->extend_to(size, preferred));
+  if (!before || *before < size)
+    record(FileOp::kExtend, std::max(size, preferred), 0, nullptr);
   return Status::ok();
 }
 

@@ -28,7 +28,7 @@ public:
   Status sync() override { return Status::ok(); }
   Result<uint64_t> size() override;
   Status truncate(uint64_t size) override;
-  Status extend_to(uint64_t size) override;
+  Status extend_to(uint64_t size, uint64_t preferred = 0) override;
   Status punch_hole(uint64_t offset, uint64_t count) override;
   Status zero_range(uint64_t offset, uint64_t count) override;
 
@@ -75,7 +75,7 @@ public:
   Status sync() override;
   Result<uint64_t> size() override { return inner_->size(); }
   Status truncate(uint64_t size) override;
-  Status extend_to(uint64_t size) override;
+  Status extend_to(uint64_t size, uint64_t preferred = 0) override;
   Status punch_hole(uint64_t offset, uint64_t count) override;
   Status zero_range(uint64_t offset, uint64_t count) override;
 
