@@ -121,8 +121,8 @@ private:
   Status check_fast_zero(uint64_t pos, uint64_t count);
   // The failure every write and flush returns once a flush has failed.
   Status refuse_if_failed() const;
-  // Enters that state (the first reason sticks); returns `why`.
-  Status fail(const Status &why);
+  // Enters that state (the first reason sticks); returns `why`, in context.
+  Status fail(const Status &why, const char *doing);
   Status writeback_if_needed();
   Status flush_locked();
   Status error_context(const Status &s) const;

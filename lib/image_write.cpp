@@ -184,20 +184,29 @@ Status Image::refuse_if_failed() const {
   if (!failed_.load())
     return Status::ok();
   std::lock_guard lock(failure_mu_);
+  if (failure_.is_ok())  // fail() could not build its message
+    return Status::io_error(path_ + ": writes and flushes are refused since a flush failed", EIO);
   return failure_;
 }
 
-Status Image::fail(const Status &why) {
-  std::lock_guard lock(failure_mu_);
-  if (!failed_.load()) {
+Status Image::fail(const Status &why, const char *doing) {
+  // The state is entered first, with nothing that can throw: the messages
+  // below allocate, and a failure to build them must not let a later flush
+  // acknowledge what this one may have lost.
+  if (failed_.exchange(true))
+    return why;
+  try {
+    Status reason = error_context(why.with_context(doing));
+    std::lock_guard lock(failure_mu_);
     failure_ = Status::io_error(
-        path_ + ": writes and flushes are refused since a flush failed (" + why.message() +
+        path_ + ": writes and flushes are refused since a flush failed (" + reason.message() +
             "): data written before it may not be on disk; restart nbdkit to reopen the image "
             "(the check at open repairs it)",
         EIO);
-    failed_.store(true);
+    return reason;
+  } catch (...) {
+    return why;
   }
-  return why;
 }
 
 Status Image::write(const void *buf, size_t count, uint64_t pos, bool fua) {
@@ -355,7 +364,7 @@ Status Image::flush_locked() {
     if (written == synced_)
       return Status::ok();  // nothing written since the last sync
     if (Status s = file_->sync(); !s.is_ok())
-      return fail(error_context(s));
+      return fail(s, "flushing");
     synced_ = written;
     return Status::ok();
   }
@@ -365,7 +374,7 @@ Status Image::flush_locked() {
     if (s.is_ok() && !backing_)
       s = file_->sync();
     if (!s.is_ok())
-      return fail(error_context(s.with_context("marking the image as needing a check")));
+      return fail(s, "marking the image as needing a check");
   }
   // 2. The file reaches every reserved cluster. Failing here changed nothing
   // on disk: the flush fails, later ones may succeed.
@@ -386,7 +395,7 @@ Status Image::flush_locked() {
   if (s.is_ok())
     s = file_->sync();
   if (!s.is_ok())
-    return fail(error_context(s.with_context("writing back metadata")));
+    return fail(s, "writing back metadata");
   scope.written();
   synced_ = written;
   return Status::ok();
