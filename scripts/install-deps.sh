@@ -10,6 +10,7 @@ packages=(
   nbdkit nbdkit-plugin-dev
   libboost-dev doctest-dev
   meson ninja-build g++ pkg-config
+  perl
   libnbd-bin python3-libnbd
   qemu-utils
 )
