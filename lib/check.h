@@ -1,6 +1,6 @@
 // The consistency check and repair of a QED image.
 //
-// Invariants checked (see ../shared/docs/qed-format.md): every L1 and L2 entry
+// Invariants checked (see docs/qed-format.md): every L1 and L2 entry
 // is 0, 1 (L2 only) or a cluster-aligned offset past the header whose cluster
 // or table lies inside the file; no cluster is referenced twice (by the
 // header, the L1 table, an L2 table or an L2 entry); and clusters nothing
