@@ -3,7 +3,8 @@
 # Idempotent: does nothing (and prints nothing) when everything is present.
 #   install-deps.sh         what building and serving need (and qemu-img for the demo)
 #   install-deps.sh --test  also what the whole test suite needs: clang and its
-#                           runtime (libFuzzer), fio (benchmark smoke run)
+#                           runtime (libFuzzer), fio (benchmark smoke run),
+#                           debhelper, dpkg-dev and lintian (Debian package test)
 set -euo pipefail
 
 packages=(
@@ -16,6 +17,8 @@ packages=(
 )
 if [[ ${1:-} == --test ]]; then
   packages+=(clang libclang-rt-14-dev fio qemu-utils)
+  # The Debian package test (tests/e2e/test-package.sh) and the man page test.
+  packages+=(debhelper dpkg-dev lintian git man-db)
 fi
 
 missing=()
