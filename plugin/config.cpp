@@ -160,6 +160,11 @@ int config_complete() {
                  "only apply with create=true");
     return -1;
   }
+  if (!c.allow_backing && !c.create_options.backing_file.empty()) {
+    nbdkit_error("backing=%s: backing files are refused (allow-backing=false)",
+                 c.create_options.backing_file.c_str());
+    return -1;
+  }
   if (c.create && c.size == 0 && c.create_options.backing_file.empty()) {
     nbdkit_error("create=true needs size=<SIZE> (or backing=<FILENAME>)");
     return -1;

@@ -106,6 +106,11 @@ int qed_get_ready() {
     std::lock_guard lock(served_mu);
     if (open_served(true) == -1)
       return -1;
+    // QED sizes reach 2^64 - 512; NBD's stop at 2^63 - 1.
+    if (served->size() > uint64_t(INT64_MAX))
+      return report(qed::Status::not_supported(
+          served->path() + ": the image is " + std::to_string(served->size()) +
+          " bytes, larger than NBD can serve (" + std::to_string(INT64_MAX) + " bytes)"));
     return check_grow(*served);
   });
 }
