@@ -28,6 +28,15 @@ Status Image::error_context(const Status &s) const {
   return s.with_context(path_);
 }
 
+Status Image::check_range(uint64_t pos, uint64_t count, const char *what) const {
+  const uint64_t size = geo_.image_size();
+  if (pos <= size && count <= size - pos)
+    return Status::ok();
+  return Status::invalid_argument(path_ + ": " + what + " of " + std::to_string(count) +
+                                  " bytes at offset " + std::to_string(pos) +
+                                  " is outside the disk (" + std::to_string(size) + " bytes)");
+}
+
 Result<std::unique_ptr<Image>> Image::open(const std::string &path, const OpenOptions &options) {
   ChainState chain;
   return open_in_chain(path, options, chain);

@@ -126,6 +126,9 @@ private:
   Status writeback_if_needed();
   Status flush_locked();
   Status error_context(const Status &s) const;
+  // kInvalidArgument unless [pos, pos+count) lies within the disk (callers
+  // such as nbdkit check already; the engine does not rely on it).
+  Status check_range(uint64_t pos, uint64_t count, const char *what) const;
 
   const std::string path_;
   std::unique_ptr<File> file_;

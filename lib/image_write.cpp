@@ -210,6 +210,7 @@ Status Image::fail(const Status &why, const char *doing) {
 }
 
 Status Image::write(const void *buf, size_t count, uint64_t pos, bool fua) {
+  QED_RETURN_IF_ERROR(check_range(pos, count, "write"));
   QED_RETURN_IF_ERROR(refuse_if_failed());
   QED_RETURN_IF_ERROR(write_range(static_cast<const uint8_t *>(buf), count, pos));
   // FUA needs the metadata that leads to the data too, which may be dirty
@@ -295,6 +296,7 @@ Status Image::check_fast_zero(uint64_t pos, uint64_t count) {
 Status Image::zero(uint64_t pos, uint64_t count, ZeroFlags flags) {
   if (read_only_)
     return Status::read_only(path_ + ": image is open read-only");
+  QED_RETURN_IF_ERROR(check_range(pos, count, "zero"));
   QED_RETURN_IF_ERROR(refuse_if_failed());
   // A fast zero that cannot be fast fails before it changes anything.
   if (flags.fast)
@@ -324,6 +326,7 @@ Status Image::zero(uint64_t pos, uint64_t count, ZeroFlags flags) {
 Status Image::trim(uint64_t pos, uint64_t count, bool fua) {
   if (read_only_)
     return Status::read_only(path_ + ": image is open read-only");
+  QED_RETURN_IF_ERROR(check_range(pos, count, "trim"));
   QED_RETURN_IF_ERROR(refuse_if_failed());
   const uint64_t cs = geo_.cluster_size();
   // Only whole clusters are freed; trimming is advisory for the rest.

@@ -356,6 +356,13 @@ uint64_t Runner::verify(uint64_t states, uint64_t &violations) {
       if (violations++ < 5)
         std::fprintf(stderr, "VIOLATION %s seed %llu crash point %zu/%zu: %s\n", s_.name,
                      (unsigned long long)seed_, k, n, why.c_str());
+      if (violations == 1 && std::getenv("QED_CRASH_DEBUG")) {
+        const auto &log = states_->log();
+        for (size_t i = 0; i < log.size() && i < k + 5; i++)
+          std::fprintf(stderr, "  log %zu: op %d off %llu len %llu first8 %llx\n", i, int(log[i].op),
+                       (unsigned long long)log[i].offset, (unsigned long long)log[i].length,
+                       log[i].bytes.size() >= 8 ? (unsigned long long)qed::load_le64(log[i].bytes.data()) : 0ull);
+      }
     }
   }
   return checked;

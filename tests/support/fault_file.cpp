@@ -136,6 +136,7 @@ Status FaultFile::pread(void *buf, size_t count, uint64_t offset) {
 
 Status FaultFile::pwrite(const void *buf, size_t count, uint64_t offset) {
   QED_RETURN_IF_ERROR(maybe_fail(FileOp::kWrite));
+  std::lock_guard order(order_mu_);
   QED_RETURN_IF_ERROR(inner_->pwrite(buf, count, offset));
   record(FileOp::kWrite, offset, count, buf);
   return Status::ok();
@@ -143,6 +144,7 @@ Status FaultFile::pwrite(const void *buf, size_t count, uint64_t offset) {
 
 Status FaultFile::sync() {
   QED_RETURN_IF_ERROR(maybe_fail(FileOp::kSync));
+  std::lock_guard order(order_mu_);
   QED_RETURN_IF_ERROR(inner_->sync());
   record(FileOp::kSync, 0, 0, nullptr);
   return Status::ok();
@@ -150,6 +152,7 @@ Status FaultFile::sync() {
 
 Status FaultFile::truncate(uint64_t size) {
   QED_RETURN_IF_ERROR(maybe_fail(FileOp::kTruncate));
+  std::lock_guard order(order_mu_);
   QED_RETURN_IF_ERROR(inner_->truncate(size));
   record(FileOp::kTruncate, size, 0, nullptr);
   return Status::ok();
@@ -157,9 +160,8 @@ Status FaultFile::truncate(uint64_t size) {
 
 Status FaultFile::extend_to(uint64_t size, uint64_t preferred) {
   QED_RETURN_IF_ERROR(maybe_fail(FileOp::kExtend));
-  // Only an extension that grows the file is an operation worth recording (a
-  // concurrent write may grow it meanwhile: the record then over-states the
-  // size, which a crash state reads as a longer zero tail).
+  // Only an extension that grows the file is an operation worth recording.
+  std::lock_guard order(order_mu_);
   auto before = inner_->size();
   QED_RETURN_IF_ERROR(inner_->extend_to(size, preferred));
   if (!before || *before < size)
@@ -169,6 +171,7 @@ Status FaultFile::extend_to(uint64_t size, uint64_t preferred) {
 
 Status FaultFile::punch_hole(uint64_t offset, uint64_t count) {
   QED_RETURN_IF_ERROR(maybe_fail(FileOp::kPunch));
+  std::lock_guard order(order_mu_);
   QED_RETURN_IF_ERROR(inner_->punch_hole(offset, count));
   record(FileOp::kPunch, offset, count, nullptr);
   return Status::ok();
@@ -176,6 +179,7 @@ Status FaultFile::punch_hole(uint64_t offset, uint64_t count) {
 
 Status FaultFile::zero_range(uint64_t offset, uint64_t count) {
   QED_RETURN_IF_ERROR(maybe_fail(FileOp::kZero));
+  std::lock_guard order(order_mu_);
   QED_RETURN_IF_ERROR(inner_->zero_range(offset, count));
   record(FileOp::kZero, offset, count, nullptr);
   return Status::ok();

@@ -91,6 +91,11 @@ private:
 
   std::shared_ptr<File> inner_;
   std::atomic<uint64_t> calls_[size_t(FileOp::kCount)] = {};
+  // Held across each mutating call and its record, so that the log's order is
+  // the order in which the calls took effect: crash simulation depends on it
+  // (a write that landed before a sync but was logged after it would look
+  // optional to a crash after that sync).
+  std::mutex order_mu_;
   mutable std::mutex mu_;
   Plan plans_[size_t(FileOp::kCount)];  // guarded by mu_
   bool recording_ = false;              // guarded by mu_

@@ -20,7 +20,7 @@ TEST_SUITE_BEGIN("failures");
 namespace {
 
 constexpr uint32_t kCs = 65536;
-constexpr uint64_t kSize = 64ull << 20;
+constexpr uint64_t kSize = 128ull << 20;  // 400 writes of 4 clusters fit
 
 uint64_t file_size(qed::File &f) {
   auto s = f.size();
@@ -91,7 +91,7 @@ TEST_CASE("ENOSPC from many threads at once: every failed reservation goes back"
     threads.emplace_back([&, t] {
       std::vector<uint8_t> b(3 * kCs + 100, uint8_t(t + 1));
       for (int i = 0; i < 50; i++)
-        CHECK(!img->write(b.data(), b.size(), uint64_t(t * 100 + i) * 4 * kCs + 7, false).is_ok());
+        CHECK(!img->write(b.data(), b.size(), uint64_t(t * 50 + i) * 4 * kCs + 7, false).is_ok());
     });
   for (auto &t : threads)
     t.join();
@@ -232,4 +232,21 @@ TEST_CASE("FAST_ZERO over a backing file: whole clusters are fast, partial ones 
   // Partial clusters past the backing file read as zeroes already: fast.
   CHECK(img->zero((8ull << 20) + 5, 1000, fast).is_ok());
   REQUIRE(img->close().is_ok());
+}
+
+TEST_CASE("requests outside the disk are refused with EINVAL, whoever calls") {
+  qt::TempDir dir;
+  qt::MemImage mi = qt::MemImage::create(dir, "range.qed", kSize, kCs, 4);
+  auto img = qt::open_mem(mi, qt::rw_options());
+  std::vector<uint8_t> b(4096);
+  for (uint64_t pos : {kSize - 100, kSize + 4096, UINT64_MAX - 10}) {
+    CAPTURE(pos);
+    CHECK(img->write(b.data(), b.size(), pos, false).errno_value() == EINVAL);
+    CHECK(img->read(b.data(), b.size(), pos).errno_value() == EINVAL);
+    CHECK(img->zero(pos, 4096, qed::ZeroFlags{}).errno_value() == EINVAL);
+    CHECK(img->trim(pos, 4096, false).errno_value() == EINVAL);
+    CHECK(img->extents(pos, 4096, 16).status().errno_value() == EINVAL);
+  }
+  CHECK(img->read(b.data(), 100, kSize - 100).is_ok());
+  CHECK(img->read(b.data(), 0, kSize).is_ok());
 }
