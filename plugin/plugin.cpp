@@ -9,11 +9,11 @@
 #define NBDKIT_API_VERSION 2
 #include <nbdkit-plugin.h>
 
-#include <cstdarg>
 #include <cstdio>
 #include <memory>
 #include <mutex>
 
+#include "check_log.h"
 #include "config.h"
 #include "create.h"
 #include "errors.h"
@@ -24,22 +24,13 @@
 namespace qed_plugin {
 namespace {
 
+using qed_nbdkit::log_check;
+
 // served_mu guards `served` and `served_writable`; connections keep their own
 // reference to the Image they opened.
 std::mutex served_mu;
 std::shared_ptr<qed::Image> served;
 bool served_writable = false;
-
-// A line of information for the log. nbdkit_debug needs -v, and nbdkit has no
-// informational level of its own, so this goes to stderr in nbdkit's format.
-__attribute__((format(printf, 1, 2))) void log_info(const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  std::fprintf(stderr, "nbdkit: qed: ");
-  std::vfprintf(stderr, fmt, ap);
-  std::fprintf(stderr, "\n");
-  va_end(ap);
-}
 
 struct Handle {
   std::shared_ptr<qed::Image> image;
@@ -56,25 +47,6 @@ qed::OpenOptions open_options(bool read_only) {
   o.grow_to = read_only || c.create ? 0 : c.size;
   o.check = c.check;
   return o;
-}
-
-// The check's findings go to nbdkit's log, each problem with -v. Leaks are
-// what a crash normally leaves (space reserved for writes that no entry
-// reached yet), so giving them back is news, not an error; anything else the
-// check found is an error.
-void log_check(const qed::Image &image) {
-  const auto &report = image.check_report();
-  if (!report)
-    return;
-  for (const std::string &line : report->problems)
-    nbdkit_debug("%s: check: %s", image.path().c_str(), line.c_str());
-  if (report->problems.empty())
-    nbdkit_debug("%s: check: clean: %s", image.path().c_str(), report->summary().c_str());
-  else if (report->consistent())
-    log_info("%s: check: %s", image.path().c_str(), report->summary().c_str());
-  else
-    nbdkit_error("%s: check found problems: %s", image.path().c_str(),
-                 report->summary().c_str());
 }
 
 int open_served(bool read_only) {

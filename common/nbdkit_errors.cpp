@@ -1,9 +1,11 @@
+// nbdkit_error and nbdkit_set_error come from nbdkit-common.h, which only the
+// plugin or the filter header may include; they are the same functions in both.
 #define NBDKIT_API_VERSION 2
 #include <nbdkit-plugin.h>
 
-#include "errors.h"
+#include "nbdkit_errors.h"
 
-namespace qed_plugin {
+namespace qed_nbdkit {
 
 int report(const qed::Status &status) {
   if (status.is_ok())
@@ -19,4 +21,4 @@ int report_exception(const char *what, int err) noexcept {
   return -1;
 }
 
-}  // namespace qed_plugin
+}  // namespace qed_nbdkit
