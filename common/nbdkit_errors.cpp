@@ -15,9 +15,20 @@ int report(const qed::Status &status) {
   return -1;
 }
 
-int report_exception(const char *what, int err) noexcept {
+int report(const qed::Status &status, int *err) {
+  if (status.is_ok())
+    return 0;
+  nbdkit_error("%s", status.message().c_str());
+  *err = status.errno_value();
+  return -1;
+}
+
+int report_exception(const char *what, int err, int *out) noexcept {
   nbdkit_error("qed: internal error: %s", what);
-  nbdkit_set_error(err);
+  if (out)
+    *out = err;
+  else
+    nbdkit_set_error(err);
   return -1;
 }
 

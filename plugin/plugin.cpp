@@ -18,6 +18,7 @@
 #include "create.h"
 #include "errors.h"
 #include "image.h"
+#include "nbdkit_extents.h"
 
 #define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
 
@@ -189,16 +190,8 @@ int qed_zero(void *handle, uint32_t count, uint64_t offset, uint32_t flags) {
 int qed_extents(void *handle, uint32_t count, uint64_t offset, uint32_t flags,
                 struct nbdkit_extents *extents) {
   return guarded([&] {
-    const size_t max = (flags & NBDKIT_FLAG_REQ_ONE) ? 1 : 65536;
-    auto list = image_of(handle).extents(offset, count, max);
-    if (!list)
-      return report(list.status());
-    for (const qed::Extent &e : *list) {
-      const uint32_t type = e.zero ? NBDKIT_EXTENT_HOLE | NBDKIT_EXTENT_ZERO : 0;
-      if (nbdkit_add_extent(extents, e.offset, e.length, type) == -1)
-        return -1;
-    }
-    return 0;
+    return report(qed_nbdkit::add_extents(image_of(handle), count, offset,
+                                          flags & NBDKIT_FLAG_REQ_ONE, extents));
   });
 }
 
