@@ -24,6 +24,8 @@ must_refuse() {
   shift 2
   echo "== $what"
   refuses file="$file" || fail "$what: nbdkit did not refuse $file cleanly"
+  # The filter names the image by where it reads it from, not by a file name.
+  [[ $frontend == plugin ]] || set -- "$@" "$filter_image_name"
   local n ok=
   for n in "$@"; do
     if grep -qF -- "$n" "$nbdkit_err"; then ok=1; fi
