@@ -27,9 +27,12 @@ shift
 # The front end serve_ro and refuses use (see "Front ends" at the end).
 frontend=${QED_FRONTEND:-plugin}
 filter=
-if [[ $frontend != plugin ]]; then
-  [[ -f ${QED_FILTER:-} ]] || { echo "$0: QED_FRONTEND=$frontend needs QED_FILTER" >&2; exit 1; }
+if [[ -n ${QED_FILTER:-} ]]; then
   filter=$(realpath -- "$QED_FILTER")
+fi
+if [[ $frontend != plugin && ! -f $filter ]]; then
+  echo "$0: QED_FRONTEND=$frontend needs QED_FILTER (the built nbdkit-qed-filter.so)" >&2
+  exit 1
 fi
 
 # python3 on PATH may be a pyenv interpreter without the libnbd bindings.
