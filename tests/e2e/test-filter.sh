@@ -178,6 +178,16 @@ serve 'export uri; /usr/bin/python3 parallel.py' --filter="$filter" "${_eval[@]}
   fail "reads over a serialize_requests plugin"
 [[ ! -e overlapped ]] || fail "two requests reached a serialize_requests plugin's handle at once"
 
+# The same over a real one: the curl plugin (serialize_requests in nbdkit 1.32), one
+# curl handle for every connection.
+if nbdkit curl --version >/dev/null 2>&1; then
+  echo "== over curl (file:// URL), 4 connections at once"
+  rm -f out.raw
+  serve 'export uri; /usr/bin/python3 parallel.py && nbdcopy "$uri" out.raw' \
+    --filter="$filter" curl "file://$tmp/img.qed" || fail "reads over the curl plugin"
+  cmp ref.raw out.raw || fail "over curl, the export differs from qemu's decoding"
+fi
+
 echo "== a layer below that takes only aligned requests of at most 64 KiB"
 policy=(--filter=blocksize-policy file img.qed blocksize-minimum=4096 blocksize-maximum=65536
         blocksize-error-policy=error)
