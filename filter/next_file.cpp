@@ -69,9 +69,12 @@ qed::Status NextFile::call_pread(uint8_t *buf, uint32_t count, uint64_t offset) 
   if (r == -1) {
     if (err == 0)
       err = EIO;
+    // strerrordesc_np, not strerror: no locale, so thread-safe, and no glibc
+    // locale lock (strerror under the ASan preload leaves it taken, and nbdkit
+    // then hangs at exit).
     return qed::Status::io_error(name_ + ": reading " + std::to_string(count) +
                                      " bytes at offset " + std::to_string(offset) +
-                                     " failed: " + std::strerror(err),
+                                     " failed: " + strerrordesc_np(err),
                                  err);
   }
   return qed::Status::ok();

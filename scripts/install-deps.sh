@@ -12,6 +12,7 @@ packages=(
   meson ninja-build g++ pkg-config
   libnbd-bin python3-libnbd
   qemu-utils
+  perl  # pod2man and podchecker, for the man pages
 )
 if [[ ${1:-} == --test ]]; then
   packages+=(clang libclang-rt-14-dev fio qemu-utils)
