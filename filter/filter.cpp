@@ -3,13 +3,14 @@
 // thin adapter onto qed::Image; the image is read through NextFile, one more
 // implementation of the engine's File.
 //
-// One Image serves every connection; it is opened in .after_fork on a context
-// of the filter's own into the plugin and closed in .cleanup (served.h says
-// why). Nothing is ever written below: the context is opened read-only and
-// can_write is false; --filter=cow above this filter makes the export
-// writable. THREAD_MODEL is parallel (Image is thread-safe); when the stack
-// below is not, NextFile serialises the calls into it. Multi-conn is
-// advertised when the layer below advertises it.
+// One Image serves every connection, on a context of the filter's own into the
+// plugin: opened in .after_fork (or, if that failed, by the next .open that
+// succeeds) and closed in .cleanup; served.h says why. Nothing is ever written
+// below: the context is opened read-only and can_write is false;
+// --filter=cow above this filter makes the export writable. The filter is
+// parallel (Image is thread-safe); when the stack below is not, NextFile
+// serialises the calls into it. Multi-conn is advertised when the layer below
+// advertises it.
 #include <nbdkit-filter.h>
 
 #include <algorithm>

@@ -269,6 +269,7 @@ PY
 # image with a backing file gets qed-backing= naming the file its header names,
 # resolved as the plugin would (the filter cannot resolve it itself).
 # (frontend and filter are set at the top, before the cd into $tmp.)
+
 # How the filter's messages name the image it reads.
 filter_image_name="the plugin's export"
 
