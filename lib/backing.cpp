@@ -88,6 +88,19 @@ std::string canonical_or_same(const std::string &path) {
   return real ? std::string(real.get()) : path;
 }
 
+Result<std::unique_ptr<BlockSource>> open_backing_qed(const std::string &path,
+                                                      const OpenOptions &options,
+                                                      ChainState &chain) {
+  OpenOptions below = options;
+  below.read_only = true;
+  below.grow_to = 0;
+  below.backing_override.reset();
+  auto image = Image::open_in_chain(path, below, chain);
+  if (!image)
+    return image.status();
+  return std::unique_ptr<BlockSource>(std::move(*image));
+}
+
 Result<std::unique_ptr<BlockSource>> open_backing_file(const std::string &path, bool raw,
                                                        const OpenOptions &options,
                                                        ChainState &chain) {
@@ -100,15 +113,8 @@ Result<std::unique_ptr<BlockSource>> open_backing_file(const std::string &path, 
     QED_RETURN_IF_ERROR((*file)->pread(head, sizeof head, 0));
     format = probe_format(head, sizeof head);
   }
-  if (format == "qed") {
-    OpenOptions below = options;
-    below.read_only = true;
-    below.grow_to = 0;
-    auto image = Image::open_in_chain(path, below, chain);
-    if (!image)
-      return image.status();
-    return std::unique_ptr<BlockSource>(std::move(*image));
-  }
+  if (format == "qed")
+    return open_backing_qed(path, options, chain);
   if (format != "raw")
     return Status::not_supported(path + " is in " + format +
                                  " format; only raw and qed backing files are supported");
@@ -131,6 +137,22 @@ Result<std::unique_ptr<BlockSource>> open_backing(const std::string &image_path,
                                   options, chain);
   if (!source)
     return source.status().with_context(image_path + ": backing file \"" + name + "\"");
+  return source;
+}
+
+Result<std::unique_ptr<BlockSource>> open_backing_override(const std::string &image_path,
+                                                           const std::string &name, bool raw,
+                                                           const BackingOverride &base,
+                                                           const OpenOptions &options,
+                                                           ChainState &chain) {
+  using Format = BackingOverride::Format;
+  const std::string path = canonical_or_same(base.path);
+  auto source = base.format == Format::kQed
+                    ? open_backing_qed(path, options, chain)
+                    : open_backing_file(path, base.format == Format::kRaw || raw, options, chain);
+  if (!source)
+    return source.status().with_context(image_path + ": backing file \"" + name +
+                                        "\" (replaced by " + base.path + ")");
   return source;
 }
 

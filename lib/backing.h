@@ -16,6 +16,20 @@ namespace qed {
 
 struct OpenOptions;
 
+// A base chosen by the caller in place of the backing file the top image
+// names. For front ends to which that name means nothing: the filter reads
+// the image from a plugin, so a relative name is relative to nothing it knows,
+// and an absolute one points at whatever happens to be on the server.
+struct BackingOverride {
+  enum class Format {
+    kAsImageSays,  // raw if the image says so, otherwise probed
+    kRaw,
+    kQed,          // must be a QED image; never probed
+  };
+  std::string path;  // a local file; relative paths are relative to the cwd
+  Format format = Format::kAsImageSays;
+};
+
 // The files already open in one chain, to refuse loops.
 struct ChainState {
   std::vector<std::pair<dev_t, ino_t>> files;
@@ -55,5 +69,14 @@ Status enter_chain(ChainState &chain, const std::string &path);
 Result<std::unique_ptr<BlockSource>> open_backing(const std::string &image_path,
                                                   const std::string &name, bool raw,
                                                   const OpenOptions &options, ChainState &chain);
+
+// Opens `base` as the backing file of the image at `image_path`, whose header
+// names `name` (kept for messages) with the raw flag `raw`. The override
+// applies to this one level: what `base` itself names is opened as usual.
+Result<std::unique_ptr<BlockSource>> open_backing_override(const std::string &image_path,
+                                                           const std::string &name, bool raw,
+                                                           const BackingOverride &base,
+                                                           const OpenOptions &options,
+                                                           ChainState &chain);
 
 }  // namespace qed

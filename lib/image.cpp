@@ -82,6 +82,10 @@ Status Image::load(const OpenOptions &options, ChainState &chain) {
     QED_RETURN_IF_ERROR(run_check(options.check));
   }
 
+  if (options.backing_override && !header_.has_backing_file())
+    return Status::invalid_argument(path_ + ": the image has no backing file, so " +
+                                    options.backing_override->path +
+                                    " cannot stand in for one");
   if (header_.has_backing_file()) {
     if (!options.allow_backing)
       return Status::not_supported(path_ + ": the image has a backing file and backing files "
@@ -90,7 +94,10 @@ Status Image::load(const OpenOptions &options, ChainState &chain) {
     QED_RETURN_IF_ERROR(file_->pread(name.data(), name.size(), header_.backing_filename_offset));
     if (name.find('\0') != std::string::npos)
       return Status::corruption(path_ + ": backing file name contains a NUL byte");
-    auto backing = open_backing(path_, name, header_.backing_is_raw(), options, chain);
+    auto backing = options.backing_override
+                       ? open_backing_override(path_, name, header_.backing_is_raw(),
+                                               *options.backing_override, options, chain)
+                       : open_backing(path_, name, header_.backing_is_raw(), options, chain);
     if (!backing)
       return backing.status();
     backing_ = std::move(*backing);

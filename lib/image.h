@@ -42,6 +42,9 @@ struct OpenOptions {
   bool allow_backing = true;           // false: refuse images with backing files
   uint64_t grow_to = 0;                // read-write: grow the image to this size
   CheckPolicy check = CheckPolicy::kAuto;
+  // Opened instead of the backing file the image names (the image must have
+  // one). Applies to the image being opened only, not to its backing files.
+  std::optional<BackingOverride> backing_override;
 };
 
 struct ZeroFlags {

@@ -9,37 +9,30 @@
 #define NBDKIT_API_VERSION 2
 #include <nbdkit-plugin.h>
 
-#include <cstdarg>
 #include <cstdio>
 #include <memory>
 #include <mutex>
 
+#include "check_log.h"
 #include "config.h"
 #include "create.h"
 #include "errors.h"
+#include "export_size.h"
 #include "image.h"
+#include "nbdkit_extents.h"
 
 #define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
 
 namespace qed_plugin {
 namespace {
 
+using qed_nbdkit::log_check;
+
 // served_mu guards `served` and `served_writable`; connections keep their own
 // reference to the Image they opened.
 std::mutex served_mu;
 std::shared_ptr<qed::Image> served;
 bool served_writable = false;
-
-// A line of information for the log. nbdkit_debug needs -v, and nbdkit has no
-// informational level of its own, so this goes to stderr in nbdkit's format.
-__attribute__((format(printf, 1, 2))) void log_info(const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  std::fprintf(stderr, "nbdkit: qed: ");
-  std::vfprintf(stderr, fmt, ap);
-  std::fprintf(stderr, "\n");
-  va_end(ap);
-}
 
 struct Handle {
   std::shared_ptr<qed::Image> image;
@@ -56,25 +49,6 @@ qed::OpenOptions open_options(bool read_only) {
   o.grow_to = read_only || c.create ? 0 : c.size;
   o.check = c.check;
   return o;
-}
-
-// The check's findings go to nbdkit's log, each problem with -v. Leaks are
-// what a crash normally leaves (space reserved for writes that no entry
-// reached yet), so giving them back is news, not an error; anything else the
-// check found is an error.
-void log_check(const qed::Image &image) {
-  const auto &report = image.check_report();
-  if (!report)
-    return;
-  for (const std::string &line : report->problems)
-    nbdkit_debug("%s: check: %s", image.path().c_str(), line.c_str());
-  if (report->problems.empty())
-    nbdkit_debug("%s: check: clean: %s", image.path().c_str(), report->summary().c_str());
-  else if (report->consistent())
-    log_info("%s: check: %s", image.path().c_str(), report->summary().c_str());
-  else
-    nbdkit_error("%s: check found problems: %s", image.path().c_str(),
-                 report->summary().c_str());
 }
 
 int open_served(bool read_only) {
@@ -106,11 +80,8 @@ int qed_get_ready() {
     std::lock_guard lock(served_mu);
     if (open_served(true) == -1)
       return -1;
-    // QED sizes reach 2^64 - 512; NBD's stop at 2^63 - 1.
-    if (served->size() > uint64_t(INT64_MAX))
-      return report(qed::Status::not_supported(
-          served->path() + ": the image is " + std::to_string(served->size()) +
-          " bytes, larger than NBD can serve (" + std::to_string(INT64_MAX) + " bytes)"));
+    if (report(qed_nbdkit::check_export_size(*served)) == -1)
+      return -1;
     return check_grow(*served);
   });
 }
@@ -210,16 +181,8 @@ int qed_zero(void *handle, uint32_t count, uint64_t offset, uint32_t flags) {
 int qed_extents(void *handle, uint32_t count, uint64_t offset, uint32_t flags,
                 struct nbdkit_extents *extents) {
   return guarded([&] {
-    const size_t max = (flags & NBDKIT_FLAG_REQ_ONE) ? 1 : 65536;
-    auto list = image_of(handle).extents(offset, count, max);
-    if (!list)
-      return report(list.status());
-    for (const qed::Extent &e : *list) {
-      const uint32_t type = e.zero ? NBDKIT_EXTENT_HOLE | NBDKIT_EXTENT_ZERO : 0;
-      if (nbdkit_add_extent(extents, e.offset, e.length, type) == -1)
-        return -1;
-    }
-    return 0;
+    return report(qed_nbdkit::add_extents(image_of(handle), count, offset,
+                                          flags & NBDKIT_FLAG_REQ_ONE, extents));
   });
 }
 

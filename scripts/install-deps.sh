@@ -14,6 +14,7 @@ packages=(
   perl
   libnbd-bin python3-libnbd
   qemu-utils
+  perl  # pod2man and podchecker, for the man pages
 )
 if [[ ${1:-} == --test ]]; then
   packages+=(clang libclang-rt-14-dev fio qemu-utils)

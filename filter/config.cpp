@@ -1,0 +1,133 @@
+#include <nbdkit-filter.h>
+
+#include "config.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+
+namespace qed_filter {
+
+Config &config() {
+  static Config c;
+  return c;
+}
+
+namespace {
+
+// qed-backing-format= seen without qed-backing= is an error, found only once
+// every key is in.
+bool format_given = false;
+qed::BackingOverride::Format format_as_given = qed::BackingOverride::Format::kAsImageSays;
+
+int parse_cache_size(Config &c, const char *key, const char *value) {
+  const int64_t r = nbdkit_parse_size(value);
+  if (r == -1)
+    return -1;  // nbdkit_parse_size reported the error
+  if (r < 0) {
+    nbdkit_error("%s: size must not be negative", key);
+    return -1;
+  }
+  c.cache_bytes = uint64_t(r);
+  return 0;
+}
+
+int parse_check(Config &c, const char *key, const char *value) {
+  if (std::strcmp(value, "off") == 0)
+    c.check = qed::CheckPolicy::kOff;
+  else if (std::strcmp(value, "report") == 0)
+    c.check = qed::CheckPolicy::kReport;
+  else {
+    nbdkit_error("%s: '%s' is not off or report (the filter never repairs)", key, value);
+    return -1;
+  }
+  return 0;
+}
+
+// Today a local file, made absolute now: nbdkit changes to / before serving.
+// This is where an NBD URI would be recognised and kept as it is.
+int parse_backing(Config &c, const char *, const char *value) {
+  std::unique_ptr<char, decltype(&std::free)> real(nbdkit_realpath(value), std::free);
+  if (!real)
+    return -1;  // nbdkit_realpath reported the error, naming the file
+  c.backing = qed::BackingOverride{real.get(), qed::BackingOverride::Format::kAsImageSays};
+  return 0;
+}
+
+int parse_backing_format(Config &, const char *key, const char *value) {
+  using Format = qed::BackingOverride::Format;
+  if (std::strcmp(value, "raw") == 0)
+    format_as_given = Format::kRaw;
+  else if (std::strcmp(value, "qed") == 0)
+    format_as_given = Format::kQed;
+  else {
+    nbdkit_error("%s: '%s' is not raw or qed", key, value);
+    return -1;
+  }
+  format_given = true;
+  return 0;
+}
+
+struct Key {
+  const char *name;
+  const char *value;  // how --help shows the value
+  const char *help;
+  int (*parse)(Config &c, const char *key, const char *value);
+};
+
+const Key kKeys[] = {
+    {"qed-backing", "<FILENAME>",
+     "Local file to use as the base of an image with a backing file.", parse_backing},
+    {"qed-backing-format", "raw|qed",
+     "Format of qed-backing= (default: as the image says).", parse_backing_format},
+    {"qed-cache-size", "<SIZE>", "L2 table cache per image in the chain (default 64M).",
+     parse_cache_size},
+    {"qed-check", "off|report", "Consistency check at start-up (default off).", parse_check},
+};
+
+}  // namespace
+
+int config_key(const char *key, const char *value, bool *ours) {
+  *ours = std::strncmp(key, "qed-", 4) == 0;
+  if (!*ours)
+    return 0;
+  for (const Key &k : kKeys)
+    if (std::strcmp(key, k.name) == 0)
+      return k.parse(config(), key, value);
+  nbdkit_error("unknown qed filter parameter '%s' (nbdkit --filter=qed null --help lists them)",
+               key);
+  return -1;
+}
+
+int config_complete() {
+  Config &c = config();
+  if (format_given && !c.backing) {
+    nbdkit_error("qed-backing-format= needs qed-backing=<FILENAME>");
+    return -1;
+  }
+  if (c.backing)
+    c.backing->format = format_as_given;
+  return 0;
+}
+
+const char *config_help() {
+  static const std::string help = [] {
+    size_t width = 0;
+    for (const Key &k : kKeys)
+      width = std::max(width, std::strlen(k.name) + 1 + std::strlen(k.value));
+    std::string out;
+    for (const Key &k : kKeys) {
+      std::string left = std::string(k.name).append("=").append(k.value);
+      left.resize(width + 2, ' ');
+      if (!out.empty())
+        out += '\n';
+      out.append(left).append(k.help);
+    }
+    return out;
+  }();
+  return help.c_str();
+}
+
+}  // namespace qed_filter
