@@ -92,6 +92,7 @@
 #include <vector>
 
 #include "check.h"
+#include "fault_file.h"
 #include "format.h"
 #include "image.h"
 #include "oracle.h"
@@ -296,6 +297,32 @@ std::string engine_check(const std::string &path, const char *when) {
   return {};
 }
 
+// A clean image (NEED_CHECK clear) is never checked at open, so whatever it
+// leaks stays leaked: it must at least not end in clusters nothing uses (a
+// failed allocation must give its clusters back, close must cut the tail).
+// The engine's repair, run on an in-memory copy, says how much it would cut.
+std::string clean_tail_check(const std::vector<uint8_t> &bytes, uint64_t &leaked) {
+  qed::MemoryFile file(bytes, "copy");
+  qed::HeaderBytes hb;
+  if (bytes.size() < hb.size())
+    return "file too small";
+  std::memcpy(hb.data(), bytes.data(), hb.size());
+  const qed::Header h = qed::decode_header(hb);
+  if (h.needs_check())
+    return {};  // the next open checks and repairs it
+  auto report = qed::check_image(file, h, qed::CheckMode::kRepair);
+  if (!report)
+    return "check of the clean image: " + report.status().message();
+  leaked = report->leaked_clusters;
+  auto size = file.size();
+  if (size && *size < bytes.size())
+    return "the image was left clean (NEED_CHECK clear), yet its last " +
+           std::to_string(bytes.size() - *size) + " bytes are clusters nothing uses (" +
+           std::to_string(report->leaked_clusters) + " leaked clusters in all); no open will " +
+           "reclaim them";
+  return {};
+}
+
 // The in-process oracle: check, open read-write with check=auto (the engine's
 // own open path, repairing), read everything, close, check again.
 std::string check_in_process(const std::string &path, const Oracle &oracle, uint64_t bound,
@@ -397,14 +424,27 @@ public:
       write_file(saved, bytes);
       saved = " (state saved as " + saved + ")";
     }
-    if (c_.violations <= 12)
+    if (run_violations_++ < per_run_ && printed_++ < 40)
       std::printf("VIOLATION %s %s%s:\n    %s\n", rec.scenario.name.c_str(), label.c_str(),
                   saved.c_str(), why.c_str());
+    if (first_.empty())
+      first_ = label + ": " + why.substr(0, why.find('\n'));
   }
+
+  // Violations are printed at most `per_run` times per run (begin_run()).
+  void begin_run(uint64_t per_run) {
+    per_run_ = per_run;
+    run_violations_ = 0;
+    first_.clear();
+  }
+  uint64_t run_violations() const { return run_violations_; }
+  const std::string &first_violation() const { return first_; }
 
 private:
   const Tools &tools_;
   Counters &c_;
+  uint64_t per_run_ = 12, run_violations_ = 0, printed_ = 0;
+  std::string first_;
 };
 
 // Crash points: two thirds uniform over the log, a third just after a
@@ -489,7 +529,11 @@ int crash_mode(const Tools &tools, const std::string &dir) {
       continue;
     }
     const uint64_t before = c.violations, states_before = c.states;
+    checker.begin_run(5);
     print_violations(*rec, checker);
+    uint64_t leaked = 0;
+    if (std::string bad = clean_tail_check(rec->final_file, leaked); !bad.empty())
+      checker.violation(*rec, "final file (no crash)", bad, rec->final_file);
     if (rec->work.failed != rec->work.expected_failures)
       for (const Request &r : rec->work.requests)
         if (!r.ok() && !(r.kind == ReqKind::kZero && r.err == ENOTSUP))
@@ -576,6 +620,9 @@ std::vector<Injection> plan(const CallCounts &plain, const CallCounts &nofalloca
 // in a fresh nbdkit and in process, and some crash states of its log.
 void check_fault_run(Recording &rec, StateChecker &checker, uint64_t seed) {
   print_violations(rec, checker);
+  uint64_t leaked = 0;
+  if (std::string bad = clean_tail_check(rec.final_file, leaked); !bad.empty())
+    checker.violation(rec, "the file left", bad, rec.final_file);
   checker.reopen(rec);
   checker.check(rec, rec.final_file, UINT64_MAX, "the file left (no crash)", true, false);
   check_crash_states(rec, checker, 12, seed, 0, 0);
@@ -594,6 +641,7 @@ int fault_mode(const Tools &tools, const std::string &dir) {
   Counters c;
   StateChecker checker(tools, c);
   uint64_t runs = 0, injected = 0, client_errors = 0, runs_without_injection = 0;
+  std::vector<std::string> bad_runs;
   bool ok = true;
   for (size_t si = 0; si < scenarios.size(); si++) {
     // Two runs without faults count the calls (with and without fallocate),
@@ -611,7 +659,12 @@ int fault_mode(const Tools &tools, const std::string &dir) {
         continue;
       }
       counts[v] = rec->counts;
+      checker.begin_run(3);
       check_fault_run(*rec, checker, seed + si);
+      if (checker.run_violations())
+        bad_runs.push_back(rec->scenario.name + (v ? " [no fallocate]" : " [no fault]") + ": " +
+                           std::to_string(checker.run_violations()) + " violations, first: " +
+                           checker.first_violation());
     }
     const auto injections = plan(counts[0], counts[1], rng);
     const uint64_t before = c.violations;
@@ -633,7 +686,11 @@ int fault_mode(const Tools &tools, const std::string &dir) {
       scenario_injected += fired;
       runs_without_injection += fired == 0;
       client_errors += rec->work.failed - rec->work.expected_failures;
+      checker.begin_run(1);
       check_fault_run(*rec, checker, seed + si * 100 + j);
+      if (checker.run_violations())
+        bad_runs.push_back(rec->scenario.name + ": " + std::to_string(checker.run_violations()) +
+                           " violations, first: " + checker.first_violation());
       if (std::getenv("QED_SYSCALL_VERBOSE"))
         std::printf("  %-40s %llu injected, %llu client errors\n", injections[j].what.c_str(),
                     (unsigned long long)fired,
@@ -651,6 +708,11 @@ int fault_mode(const Tools &tools, const std::string &dir) {
                 (unsigned long long)counts[0].fallocate, (unsigned long long)counts[0].sync,
                 (unsigned long long)counts[1].ftruncate);
     std::fflush(stdout);
+  }
+  if (!bad_runs.empty()) {
+    std::printf("fault runs with violations:\n");
+    for (const auto &b : bad_runs)
+      std::printf("  %s\n", b.c_str());
   }
   std::printf("syscall faults: %llu runs, %llu injected failures (%llu runs where the chosen "
               "call did not come), %llu client errors, %llu states checked (%llu through "
