@@ -3,6 +3,7 @@
 //   syscall-harness crash   PLUGIN PRELOAD DIR [ASAN_RUNTIME]
 //   syscall-harness faults  PLUGIN PRELOAD DIR [ASAN_RUNTIME]
 //   syscall-harness extend  PLUGIN PRELOAD DIR [ASAN_RUNTIME]
+//   syscall-harness dump    LOG      (prints a log of the preload library)
 //
 // nbdkit runs the plugin with qed_syscalls.so preloaded, which logs every call
 // that changes the image file (in the order of their effects, each stamped
@@ -73,8 +74,9 @@
 // Environment: QED_SYSCALL_STATES (crash states over all scenarios; default
 // QED_SYSCALL_STATES_DEFAULT, which meson sets, or 2400), QED_SYSCALL_SEED, QED_SYSCALL_KEEP=1 (keep DIR: logs, images and the
 // states that failed), QED_SYSCALL_EXTEND_WRITES (writes per connection in
-// extend mode, default 64).
-#include <libnbd.h>
+// extend mode, default 64), QED_SYSCALL_ONLY (faults: only the runs whose
+// QED_SYSCALL_FAIL contains this), QED_SYSCALL_VERBOSE=1 (faults: a line per
+// run).
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -84,11 +86,11 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <memory>
 #include <random>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "check.h"
@@ -212,7 +214,23 @@ std::vector<std::string> plugin_args(const std::string &image, const Scenario &s
 // Records the workload of `s` into `rec` (whose dir is set). False only when
 // the run could not be made at all; problems of the plugin go to
 // rec.violations.
-bool record(const Tools &tools, const Scenario &s, WorkloadSpec spec, uint64_t seed,
+using Driver = std::function<WorkloadResult(const std::string &socket, const Recording &rec)>;
+
+// The random workload of `spec` (see workload.h).
+Driver random_workload(WorkloadSpec spec, const Scenario &s, uint64_t seed) {
+  spec.disk_bytes = s.disk_bytes;
+  spec.cluster_size = s.cluster_size;
+  spec.connections = s.connections;
+  spec.ops_per_connection = s.ops;
+  spec.seed = seed;
+  return [spec](const std::string &socket, const Recording &rec) {
+    WorkloadSpec with_disk = spec;
+    with_disk.initial_disk = rec.initial_disk;
+    return run_workload(socket, with_disk);
+  };
+}
+
+bool record(const Tools &tools, const Scenario &s, const Driver &drive, uint64_t seed,
             Recording &rec, std::string &why) {
   rec.scenario = s;
   rec.log = rec.dir + "/syscalls.log";
@@ -220,18 +238,12 @@ bool record(const Tools &tools, const Scenario &s, WorkloadSpec spec, uint64_t s
   if (!make_images(s, rec, rng, why))
     return false;
   unlink(rec.log.c_str());
-  spec.disk_bytes = s.disk_bytes;
-  spec.cluster_size = s.cluster_size;
-  spec.connections = s.connections;
-  spec.ops_per_connection = s.ops;
-  spec.seed = seed;
-  spec.initial_disk = rec.initial_disk;
 
   Nbdkit server;
   if (!server.start(tools, rec.dir, plugin_args(rec.image, s), preload_env(rec, s, true), true,
                     why))
     return false;
-  rec.work = run_workload(server.socket(), spec);
+  rec.work = drive(server.socket(), rec);
   for (auto &v : rec.work.violations)
     rec.violations.push_back(v);
   std::string alive_why;
@@ -523,7 +535,7 @@ int crash_mode(const Tools &tools, const std::string &dir) {
     auto rec = std::make_unique<Recording>();
     rec->dir = dir + "/" + s.name;
     std::string why;
-    if (!record(tools, s, WorkloadSpec{}, seed + i, *rec, why)) {
+    if (!record(tools, s, random_workload(WorkloadSpec{}, s, seed + i), seed + i, *rec, why)) {
       std::printf("FAIL %s: %s\n", s.name.c_str(), why.c_str());
       ok = false;
       continue;
@@ -628,6 +640,28 @@ void check_fault_run(Recording &rec, StateChecker &checker, uint64_t seed) {
   check_crash_states(rec, checker, 12, seed, 0, 0);
 }
 
+// A failed allocation as the last write of a session (issue 10, fault 5):
+// one connection writes 8 fresh clusters and the pwrite of the 8th fails
+// with ENOSPC (nothing else writes to the file before close: the first
+// flush is at close). The client disconnects, nbdkit closes the image and
+// marks it clean; the clusters reserved for the failed write must not be
+// left at the end of the file.
+Driver failed_last_allocation(uint64_t cluster_size) {
+  return [cluster_size](const std::string &socket, const Recording &) {
+    std::vector<std::vector<Request>> per(1);
+    for (uint64_t i = 0; i < 8; i++) {
+      Request r;
+      r.kind = ReqKind::kWrite;
+      r.conn = 0;
+      r.offset = i * cluster_size;
+      r.length = cluster_size;
+      r.data.assign(cluster_size, uint8_t(0x11 * (i + 1)));
+      per[0].push_back(std::move(r));
+    }
+    return run_requests(socket, std::move(per));
+  };
+}
+
 int fault_mode(const Tools &tools, const std::string &dir) {
   const uint64_t seed = env_u64("QED_SYSCALL_SEED", 20261127);
   std::mt19937_64 rng(seed);
@@ -653,7 +687,7 @@ int fault_mode(const Tools &tools, const std::string &dir) {
       auto rec = std::make_unique<Recording>();
       rec->dir = dir + "/" + s.name + (v ? "-nofallocate" : "-plain");
       std::string why;
-      if (!record(tools, s, spec, seed + si, *rec, why)) {
+      if (!record(tools, s, random_workload(spec, s, seed + si), seed + si, *rec, why)) {
         std::printf("FAIL %s: %s\n", s.name.c_str(), why.c_str());
         ok = false;
         continue;
@@ -669,13 +703,20 @@ int fault_mode(const Tools &tools, const std::string &dir) {
     const auto injections = plan(counts[0], counts[1], rng);
     const uint64_t before = c.violations;
     uint64_t scenario_injected = 0;
+    const char *only = std::getenv("QED_SYSCALL_ONLY");
+    auto selected = [&](const std::string &fail) {
+      return !only || fail.find(only) != std::string::npos;
+    };
     for (size_t j = 0; j < injections.size(); j++) {
       Scenario s = scenarios[si];
       s.fail = injections[j].spec;
+      if (!selected(s.fail))
+        continue;
       auto rec = std::make_unique<Recording>();
       rec->dir = dir + "/" + s.name + "-" + std::to_string(j);
       std::string why;
-      if (!record(tools, s, spec, seed + si * 100 + j, *rec, why)) {
+      if (!record(tools, s, random_workload(spec, s, seed + si * 100 + j), seed + si * 100 + j,
+                  *rec, why)) {
         std::printf("FAIL %s [%s]: %s\n", s.name.c_str(), s.fail.c_str(), why.c_str());
         ok = false;
         continue;
@@ -698,11 +739,37 @@ int fault_mode(const Tools &tools, const std::string &dir) {
       if (!keep())
         run({"rm", "-rf", rec->dir});
     }
+    if (selected("write:8:ENOSPC")) {
+      Scenario s = scenarios[si];
+      s.fail = "write:8:ENOSPC";
+      auto rec = std::make_unique<Recording>();
+      rec->dir = dir + "/" + s.name + "-last-allocation";
+      std::string why;
+      if (!record(tools, s, failed_last_allocation(s.cluster_size), seed, *rec, why)) {
+        std::printf("FAIL %s [%s]: %s\n", s.name.c_str(), s.fail.c_str(), why.c_str());
+        ok = false;
+      } else {
+        rec->scenario.name = s.name + " [" + s.fail + ", the last write of 8]";
+        runs++;
+        scenario_injected += rec->counts.injected;
+        runs_without_injection += rec->counts.injected == 0;
+        client_errors += rec->work.failed;
+        checker.begin_run(1);
+        if (rec->work.failed != 1)
+          checker.violation(*rec, "run", "expected the 8th write to fail, " +
+                                             std::to_string(rec->work.failed) + " failed");
+        check_fault_run(*rec, checker, seed);
+        if (checker.run_violations())
+          bad_runs.push_back(rec->scenario.name + ": " +
+                             std::to_string(checker.run_violations()) +
+                             " violations, first: " + checker.first_violation());
+      }
+    }
     injected += scenario_injected;
     std::printf("%-22s %3zu fault runs, %4llu injected failures, %llu violations (calls without "
                 "faults: %llu writes, %llu fallocates, %llu syncs; %llu ftruncates without "
                 "fallocate)\n",
-                scenarios[si].name.c_str(), injections.size(),
+                scenarios[si].name.c_str(), injections.size() + 1,
                 (unsigned long long)scenario_injected,
                 (unsigned long long)(c.violations - before), (unsigned long long)counts[0].write,
                 (unsigned long long)counts[0].fallocate, (unsigned long long)counts[0].sync,
@@ -756,57 +823,31 @@ int extend_mode(const Tools &tools, const std::string &dir) {
       for (int b = 0; b < 8; b++)
         buf[i + b] = uint8_t(((cluster + 1) * 0x9E3779B97F4A7C15ull + i) >> (8 * b)) | 1;
   };
-  std::vector<Request> all;
-  {
-    std::vector<std::vector<Request>> per(conns);
-    std::vector<std::string> errors(conns);
-    std::vector<std::thread> threads;
-    for (unsigned c = 0; c < conns; c++)
-      threads.emplace_back([&, c] {
-        nbd_handle *h = nbd_create();
-        if (!h || nbd_connect_unix(h, server.socket().c_str()) == -1) {
-          errors[c] = nbd_get_error();
-          if (h)
-            nbd_close(h);
-          return;
-        }
-        for (uint64_t i = 0; i < per_conn; i++) {
-          Request r;
-          r.kind = ReqKind::kWrite;
-          r.conn = c;
-          r.offset = (i * conns + c) * cs;
-          r.length = unit;
-          stamp(i * conns + c, r.data);
-          r.send_ns = now_ns();
-          r.err = nbd_pwrite(h, r.data.data(), unit, r.offset, 0) == -1 ? EIO : 0;
-          r.reply_ns = now_ns();
-          per[c].push_back(std::move(r));
-        }
-        Request f;
-        f.kind = ReqKind::kFlush;
-        f.conn = c;
-        f.send_ns = now_ns();
-        f.err = nbd_flush(h, 0) == -1 ? EIO : 0;
-        f.reply_ns = now_ns();
-        per[c].push_back(std::move(f));
-        nbd_shutdown(h, 0);
-        nbd_close(h);
-      });
-    for (auto &t : threads)
-      t.join();
-    for (unsigned c = 0; c < conns; c++) {
-      if (!errors[c].empty())
-        rec.violations.push_back("connection " + std::to_string(c) + ": " + errors[c]);
-      for (auto &r : per[c])
-        all.push_back(std::move(r));
+  std::vector<std::vector<Request>> per(conns);
+  for (unsigned c = 0; c < conns; c++) {
+    for (uint64_t i = 0; i < per_conn; i++) {
+      Request r;
+      r.kind = ReqKind::kWrite;
+      r.conn = c;
+      r.offset = (i * conns + c) * cs;
+      r.length = unit;
+      stamp(i * conns + c, r.data);
+      per[c].push_back(std::move(r));
     }
+    Request f;
+    f.kind = ReqKind::kFlush;
+    f.conn = c;
+    per[c].push_back(std::move(f));
   }
-  rec.work.requests = std::move(all);
+  rec.work = run_requests(server.socket(), std::move(per));
+  rec.violations = rec.work.violations;
   uint64_t failed = 0, writes = 0;
   for (const Request &r : rec.work.requests) {
     failed += !r.ok();
     writes += r.kind == ReqKind::kWrite;
   }
+  // Each connection's writes were answered before its flush was sent, so
+  // every acknowledged write is flushed.
   // Read back over NBD, from the running server.
   std::vector<uint8_t> disk;
   auto lost = [&](const std::vector<uint8_t> &d) {
@@ -872,13 +913,31 @@ int extend_mode(const Tools &tools, const std::string &dir) {
   return rec.violations.empty() ? 0 : 1;
 }
 
+// Prints a log, one call a line, for reading a failure.
+int dump_mode(const std::string &path) {
+  std::vector<Op> ops;
+  std::string why;
+  if (!read_log(path, ops, why)) {
+    std::fprintf(stderr, "%s\n", why.c_str());
+    return 1;
+  }
+  for (const Op &op : ops)
+    std::printf("%llu..%llu fd %d %s\n", (unsigned long long)op.t_start,
+                (unsigned long long)op.t_end, op.fd, op.describe().c_str());
+  return 0;
+}
+
 }  // namespace
 }  // namespace qsys
 
 int main(int argc, char **argv) {
+  if (argc == 3 && std::string(argv[1]) == "dump")
+    return qsys::dump_mode(argv[2]);
   if (argc < 5) {
-    std::fprintf(stderr, "usage: %s crash|faults|extend PLUGIN PRELOAD DIR [ASAN_RUNTIME]\n",
-                 argv[0]);
+    std::fprintf(stderr,
+                 "usage: %s crash|faults|extend PLUGIN PRELOAD DIR [ASAN_RUNTIME]\n"
+                 "       %s dump LOG\n",
+                 argv[0], argv[0]);
     return 2;
   }
   qsys::Tools tools{argv[2], argv[3], argc > 5 ? argv[5] : ""};

@@ -60,6 +60,46 @@ int last_errno() {
   return e ? e : EIO;
 }
 
+// Sends `r` on `h` and waits for the reply, stamping both.
+void send_request(nbd_handle *h, Request &r) {
+  int rc;
+  r.send_ns = now_ns();
+  switch (r.kind) {
+  case ReqKind::kWrite:
+    rc = nbd_pwrite(h, r.data.data(), r.length, r.offset, r.flags);
+    break;
+  case ReqKind::kZero:
+    rc = nbd_zero(h, r.length, r.offset, r.flags);
+    break;
+  case ReqKind::kTrim:
+    rc = nbd_trim(h, r.length, r.offset, r.flags);
+    break;
+  case ReqKind::kFlush:
+  default:
+    rc = nbd_flush(h, 0);
+    break;
+  }
+  r.reply_ns = now_ns();
+  r.err = rc == -1 ? last_errno() : 0;
+}
+
+void tally(WorkloadResult &result, std::vector<std::vector<Request>> &per,
+           std::vector<std::vector<std::string>> &bad) {
+  for (size_t c = 0; c < per.size(); c++) {
+    for (Request &r : per[c]) {
+      if (!r.ok()) {
+        result.failed++;
+        if (r.kind == ReqKind::kZero && (r.flags & LIBNBD_CMD_FLAG_FAST_ZERO) &&
+            (r.err == ENOTSUP || r.err == EOPNOTSUPP))
+          result.expected_failures++;
+      }
+      result.requests.push_back(std::move(r));
+    }
+    for (auto &v : bad[c])
+      result.violations.push_back(std::move(v));
+  }
+}
+
 class Connection {
 public:
   Connection(const WorkloadSpec &spec, unsigned index, std::vector<Request> &out,
@@ -130,25 +170,7 @@ void Connection::range(uint64_t &off, uint64_t &len) {
 }
 
 void Connection::issue(nbd_handle *h, Request r) {
-  int rc;
-  r.send_ns = now_ns();
-  switch (r.kind) {
-  case ReqKind::kWrite:
-    rc = nbd_pwrite(h, r.data.data(), r.length, r.offset, r.flags);
-    break;
-  case ReqKind::kZero:
-    rc = nbd_zero(h, r.length, r.offset, r.flags);
-    break;
-  case ReqKind::kTrim:
-    rc = nbd_trim(h, r.length, r.offset, r.flags);
-    break;
-  case ReqKind::kFlush:
-  default:
-    rc = nbd_flush(h, 0);
-    break;
-  }
-  r.reply_ns = now_ns();
-  r.err = rc == -1 ? last_errno() : 0;
+  send_request(h, r);
   if (spec_.read_back && r.kind != ReqKind::kFlush) {
     const uint64_t at = r.offset - first_;
     if (!r.ok() || r.kind == ReqKind::kTrim) {
@@ -242,19 +264,32 @@ WorkloadResult run_workload(const std::string &socket, const WorkloadSpec &spec)
   }
   for (auto &t : threads)
     t.join();
-  for (unsigned c = 0; c < spec.connections; c++) {
-    for (Request &r : per[c]) {
-      if (!r.ok()) {
-        result.failed++;
-        if (r.kind == ReqKind::kZero && (r.flags & LIBNBD_CMD_FLAG_FAST_ZERO) &&
-            (r.err == ENOTSUP || r.err == EOPNOTSUPP))
-          result.expected_failures++;
+  tally(result, per, bad);
+  return result;
+}
+
+WorkloadResult run_requests(const std::string &socket,
+                            std::vector<std::vector<Request>> per) {
+  WorkloadResult result;
+  std::vector<std::vector<std::string>> bad(per.size());
+  std::vector<std::thread> threads;
+  for (size_t c = 0; c < per.size(); c++) {
+    threads.emplace_back([&, c] {
+      std::string why;
+      Handle h = connect(socket, why);
+      if (!h) {
+        bad[c].push_back("connection " + std::to_string(c) + ": " + why);
+        per[c].clear();
+        return;
       }
-      result.requests.push_back(std::move(r));
-    }
-    for (auto &v : bad[c])
-      result.violations.push_back(std::move(v));
+      for (Request &r : per[c])
+        send_request(h.get(), r);
+      nbd_shutdown(h.get(), 0);
+    });
   }
+  for (auto &t : threads)
+    t.join();
+  tally(result, per, bad);
   return result;
 }
 

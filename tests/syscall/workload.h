@@ -54,6 +54,11 @@ struct WorkloadResult {
 // flushes once more at the end.
 WorkloadResult run_workload(const std::string &socket, const WorkloadSpec &spec);
 
+// Issues fixed requests: connection c sends per_connection[c] in order, all
+// connections at once. Fills in the times and results.
+WorkloadResult run_requests(const std::string &socket,
+                            std::vector<std::vector<Request>> per_connection);
+
 // Whether a server answers on `socket`: connects and reads `count` bytes.
 bool server_answers(const std::string &socket, uint64_t count, std::string &why);
 
