@@ -3,7 +3,8 @@
 # Idempotent: does nothing (and prints nothing) when everything is present.
 #   install-deps.sh         what building and serving need (and qemu-img for the demo)
 #   install-deps.sh --test  also what the whole test suite needs: clang and its
-#                           runtime (libFuzzer), fio (benchmark smoke run)
+#                           runtime (libFuzzer), fio (benchmark smoke run),
+#                           libnbd-dev (the system-call-level harness)
 set -euo pipefail
 
 packages=(
@@ -14,7 +15,7 @@ packages=(
   qemu-utils
 )
 if [[ ${1:-} == --test ]]; then
-  packages+=(clang libclang-rt-14-dev fio qemu-utils)
+  packages+=(clang libclang-rt-14-dev fio qemu-utils libnbd-dev)
 fi
 
 missing=()

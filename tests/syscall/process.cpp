@@ -7,6 +7,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <dirent.h>
+
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -116,6 +118,7 @@ bool Nbdkit::start(const Tools &tools, const std::string &dir,
   }
   for (const auto &[k, v] : env)
     envp.push_back(k + "=" + v);
+  sanitized_ = !tools.asan.empty();
   int err = open(errfile_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   pid_ = spawn(argv, envp, -1, err);
   close(err);
@@ -149,6 +152,25 @@ bool Nbdkit::alive() {
   return false;
 }
 
+bool Nbdkit::exit_hang() const {
+  const std::string task = "/proc/" + std::to_string(pid_) + "/task";
+  DIR *d = opendir(task.c_str());
+  if (!d)
+    return false;
+  int threads = 0;
+  std::string tid;
+  while (struct dirent *e = readdir(d))
+    if (e->d_name[0] != '.') {
+      threads++;
+      tid = e->d_name;
+    }
+  closedir(d);
+  if (threads != 1)
+    return false;
+  const std::string wchan = slurp(task + "/" + tid + "/wchan");
+  return wchan.find("futex") != std::string::npos;
+}
+
 bool Nbdkit::stop(std::string &why) {
   if (pid_ <= 0) {
     why = "nbdkit was not running: " + log();
@@ -159,10 +181,21 @@ bool Nbdkit::stop(std::string &why) {
   bool exited = false;
   for (int i = 0; i < 6000 && !exited; i++) {
     pid_t r = waitpid(pid_, &status, WNOHANG);
-    if (r == pid_)
+    if (r == pid_) {
       exited = true;
-    else
+    } else if (sanitized_ && i >= 50 && i % 25 == 0 && exit_hang()) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, &status, 0);
+      pid_ = -1;
+      const std::string err = log();
+      if (sanitizer_report(err)) {
+        why = "nbdkit reported: " + err;
+        return false;
+      }
+      return true;
+    } else {
       sleep_ms(10);
+    }
   }
   if (!exited) {
     kill(pid_, SIGKILL);
