@@ -562,7 +562,7 @@ int crash_mode(const Tools &tools, const std::string &dir) {
                 (unsigned long long)(c.violations - before));
     std::fflush(stdout);
   }
-  std::printf("syscall crash states: %llu checked over %zu scenarios (%llu requests, %llu "
+  std::printf("syscall crash: %llu states checked over %zu scenarios (%llu requests, %llu "
               "logged calls; %llu also by qemu-img check, %llu through nbdkit), %llu violations "
               "(seed %llu)\n",
               (unsigned long long)c.states, scenarios.size(), (unsigned long long)requests,
