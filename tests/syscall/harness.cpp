@@ -3,6 +3,7 @@
 //   syscall-harness crash   PLUGIN PRELOAD DIR [ASAN_RUNTIME]
 //   syscall-harness faults  PLUGIN PRELOAD DIR [ASAN_RUNTIME]
 //   syscall-harness extend  PLUGIN PRELOAD DIR [ASAN_RUNTIME]
+//   syscall-harness preload PLUGIN PRELOAD DIR [ASAN_RUNTIME]  (tests the library)
 //   syscall-harness dump    LOG      (prints a log of the preload library)
 //
 // nbdkit runs the plugin with qed_syscalls.so preloaded, which logs every call
@@ -87,6 +88,7 @@
 #include <string>
 #include <vector>
 
+#include "preload_selftest.h"
 #include "recording.h"
 #include "state_check.h"
 
@@ -523,9 +525,11 @@ int dump_mode(const std::string &path) {
 int main(int argc, char **argv) {
   if (argc == 3 && std::string(argv[1]) == "dump")
     return qsys::dump_mode(argv[2]);
+  if (argc == 3 && std::string(argv[1]) == "preload-child")
+    return qsys::preload_child(argv[2]);
   if (argc < 5) {
     std::fprintf(stderr,
-                 "usage: %s crash|faults|extend PLUGIN PRELOAD DIR [ASAN_RUNTIME]\n"
+                 "usage: %s crash|faults|extend|preload PLUGIN PRELOAD DIR [ASAN_RUNTIME]\n"
                  "       %s dump LOG\n",
                  argv[0], argv[0]);
     return 2;
@@ -539,6 +543,8 @@ int main(int argc, char **argv) {
     return qsys::fault_mode(tools, dir);
   if (mode == "extend")
     return qsys::extend_mode(tools, dir);
+  if (mode == "preload")
+    return qsys::preload_selftest(tools, "/proc/self/exe", dir);
   std::fprintf(stderr, "%s: unknown mode %s\n", argv[0], mode.c_str());
   return 2;
 }

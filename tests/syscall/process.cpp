@@ -219,12 +219,15 @@ bool Nbdkit::stop(std::string &why) {
 
 std::string Nbdkit::log() const { return slurp(errfile_); }
 
-int run(const std::vector<std::string> &argv, std::string *out) {
+namespace {
+
+int run_env(const std::vector<std::string> &argv, const std::vector<std::string> &envp,
+            std::string *out) {
   char tmpl[] = "/tmp/qsys-out-XXXXXX";
   int fd = out ? mkstemp(tmpl) : open("/dev/null", O_WRONLY | O_CLOEXEC);
   if (fd < 0)
     return -1;
-  pid_t pid = spawn(argv, base_env(), fd, out ? fd : -1);
+  pid_t pid = spawn(argv, envp, fd, out ? fd : -1);
   close(fd);
   int status = -1;
   if (pid > 0)
@@ -234,6 +237,24 @@ int run(const std::vector<std::string> &argv, std::string *out) {
     unlink(tmpl);
   }
   return pid > 0 && WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+}  // namespace
+
+int run(const std::vector<std::string> &argv, std::string *out) {
+  return run_env(argv, base_env(), out);
+}
+
+int run_preloaded(const Tools &tools, const std::vector<std::string> &argv,
+                  const std::vector<std::pair<std::string, std::string>> &env,
+                  std::string *out) {
+  std::vector<std::string> envp = base_env();
+  envp.push_back("LD_PRELOAD=" + (tools.asan.empty() ? "" : tools.asan + ":") + tools.preload);
+  if (!tools.asan.empty())
+    envp.push_back("ASAN_OPTIONS=detect_leaks=0:abort_on_error=0:exitcode=97");
+  for (const auto &[k, v] : env)
+    envp.push_back(k + "=" + v);
+  return run_env(argv, envp, out);
 }
 
 bool qemu_check(const std::string &image, std::string &report) {

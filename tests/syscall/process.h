@@ -54,8 +54,13 @@ private:
 };
 
 // Runs a command; returns its exit status (-1 if it could not run or was
-// killed) and its standard output in `out`.
+// killed) and its standard output and error in `out`.
 int run(const std::vector<std::string> &argv, std::string *out = nullptr);
+// The same with the preload library (after the sanitizer runtime, if any)
+// and `env` added to the environment.
+int run_preloaded(const Tools &tools, const std::vector<std::string> &argv,
+                  const std::vector<std::pair<std::string, std::string>> &env,
+                  std::string *out);
 
 // qemu-img check of a QED image: true when it finds no corruption and no
 // check errors (leaks are allowed). `report` gets the JSON or the error.
