@@ -3,8 +3,7 @@
 # Idempotent: does nothing (and prints nothing) when everything is present.
 #   install-deps.sh         what building and serving need (and qemu-img for the demo)
 #   install-deps.sh --test  also what the whole test suite needs: clang and its
-#                           runtime (libFuzzer), fio (benchmark smoke run),
-#                           libnbd-dev (the system-call-level harness)
+#                           runtime (libFuzzer), fio (benchmark smoke run)
 set -euo pipefail
 
 packages=(
@@ -15,7 +14,12 @@ packages=(
   qemu-utils
 )
 if [[ ${1:-} == --test ]]; then
-  packages+=(clang libclang-rt-14-dev fio qemu-utils libnbd-dev)
+  packages+=(clang libclang-rt-14-dev fio qemu-utils)
+fi
+
+# The system-call-level tests (tests/syscall) link libnbd.
+if [[ ${1:-} == --test ]]; then
+  packages+=(libnbd-dev)
 fi
 
 missing=()
