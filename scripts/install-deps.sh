@@ -22,6 +22,11 @@ if [[ ${1:-} == --test ]]; then
   packages+=(debhelper dpkg-dev lintian git man-db)
 fi
 
+# The system-call-level tests (tests/syscall) link libnbd.
+if [[ ${1:-} == --test ]]; then
+  packages+=(libnbd-dev)
+fi
+
 missing=()
 for p in "${packages[@]}"; do
   status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)

@@ -64,6 +64,8 @@ run_suite() {
     --timeout-multiplier "$mult" "${test_args[@]}" || true
   # The crash-state test's count, for the record.
   grep -h '^crash states:' "$dir/meson-logs/testlog.txt" 2>/dev/null | sed "s|^|$dir: |" || true
+  # The system-call-level harness's counts (crash states, fault injections).
+  grep -h '^syscall [a-z]*:' "$dir/meson-logs/testlog.txt" 2>/dev/null | sed "s|^|$dir: |" || true
   if [[ -f $dir/meson-logs/testlog.json ]]; then
     logs+=("$dir/meson-logs/testlog.json")
   else
