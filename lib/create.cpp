@@ -48,7 +48,8 @@ Status inspect_backing(const std::string &path, const CreateOptions &o, std::str
                                  (uri ? "network" : "local") + " backing files are not enabled");
   auto file = store->open(backing);
   if (!file)
-    return file.status().with_context(path + ": cannot open backing file");
+    return file.status().with_context(path + ": cannot open backing file \"" + o.backing_file +
+                                      "\"");
   uint8_t head[512];
   QED_RETURN_IF_ERROR((*file)->pread(head, sizeof head, 0));
   const std::string probed = probe_format(head, sizeof head);

@@ -27,6 +27,10 @@ std::string libnbd_error() {
   return e && *e ? e : "unknown libnbd error";
 }
 
+// A failure without the URI in front (the caller adds it, with what was
+// being done).
+Status failed(const std::string &why) { return Status::io_error(why, EIO); }
+
 int ms_until(std::chrono::steady_clock::time_point t) {
   const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
       t - std::chrono::steady_clock::now());
@@ -69,33 +73,33 @@ Status NbdFile::zero_range(uint64_t, uint64_t) { return read_only_error(); }
 Result<Handle> NbdFile::connect(Clock::time_point deadline) {
   Handle h(nbd_create());
   if (!h)
-    return error("cannot create a libnbd handle: " + libnbd_error());
+    return failed("cannot create a libnbd handle: " + libnbd_error());
   nbd_set_handle_name(h.get(), "qed-backing");
   if (nbd_add_meta_context(h.get(), LIBNBD_CONTEXT_BASE_ALLOCATION) == -1)
-    return error(libnbd_error());
+    return failed(libnbd_error());
   // QEMU writes nbd+tcp:// for what libnbd calls nbd://.
   std::string uri = uri_;
   if (uri.rfind("nbd+tcp://", 0) == 0)
     uri.replace(0, 7, "nbd");
   if (nbd_aio_connect_uri(h.get(), uri.c_str()) == -1)
-    return error("cannot connect: " + libnbd_error());
+    return failed("cannot connect: " + libnbd_error());
   while (nbd_aio_is_connecting(h.get())) {
     const int left = ms_until(deadline);
     if (left == 0)
-      return error("cannot connect: no answer within " +
+      return failed("cannot connect: no answer within " +
                    std::to_string(options_.connect_timeout_ms) + " ms");
     if (nbd_poll(h.get(), left) == -1)
-      return error("cannot connect: " + libnbd_error());
+      return failed("cannot connect: " + libnbd_error());
   }
   if (!nbd_aio_is_ready(h.get()))
-    return error("cannot connect: " + libnbd_error());
+    return failed("cannot connect: " + libnbd_error());
   return h;
 }
 
 Status NbdFile::learn(nbd_handle *h) {
   const int64_t size = nbd_get_size(h);
   if (size < 0)
-    return error(libnbd_error());
+    return failed(libnbd_error());
   size_ = uint64_t(size);
   const int multi = nbd_can_multi_conn(h);
   limit_ = multi == 1 ? std::max(1u, options_.connections) : 1;
@@ -113,9 +117,9 @@ Status NbdFile::learn(nbd_handle *h) {
 Status NbdFile::check_same_export(nbd_handle *h) {
   const int64_t size = nbd_get_size(h);
   if (size < 0)
-    return error(libnbd_error());
+    return failed(libnbd_error());
   if (uint64_t(size) != size_)
-    return error("the export changed size from " + std::to_string(size_) + " to " +
+    return failed("the export changed size from " + std::to_string(size_) + " to " +
                  std::to_string(size) + " bytes since it was opened");
   return Status::ok();
 }
@@ -124,9 +128,9 @@ Result<std::unique_ptr<NbdFile>> NbdFile::open(const std::string &uri,
                                                const NbdOptions &options) {
   std::unique_ptr<NbdFile> f(new NbdFile(uri, options));
   auto h = f->connect(Clock::now() + std::chrono::milliseconds(options.connect_timeout_ms));
-  if (!h)
-    return h.status();
-  QED_RETURN_IF_ERROR(f->learn(h->get()));
+  Status s = h ? f->learn(h->get()) : h.status();
+  if (!s.is_ok())
+    return f->error(s.message());
   f->backoff_ms_ = options.backoff_min_ms;
   f->idle_.push_back(std::move(*h));
   return f;
@@ -144,7 +148,7 @@ Result<Handle> NbdFile::acquire(Clock::time_point deadline) {
   while (idle_.empty() && busy_ >= limit_) {
     if (changed_.wait_until(lock, deadline) == std::cv_status::timeout &&
         idle_.empty() && busy_ >= limit_)
-      return error("no connection became free within " +
+      return failed("no connection became free within " +
                    std::to_string(options_.request_timeout_ms) + " ms");
   }
   busy_++;
@@ -156,7 +160,7 @@ Result<Handle> NbdFile::acquire(Clock::time_point deadline) {
   if (Clock::now() < retry_at_) {
     busy_--;
     changed_.notify_one();
-    return error("server unreachable (" + last_failure_ + "); next attempt in " +
+    return failed("server unreachable (" + last_failure_ + "); next attempt in " +
                  std::to_string(ms_until(retry_at_)) + " ms");
   }
   lock.unlock();
@@ -170,8 +174,7 @@ Result<Handle> NbdFile::acquire(Clock::time_point deadline) {
     return h;
   }
   busy_--;
-  // The message already starts with the URI; keep only the reason.
-  last_failure_ = s.message().substr(std::min(s.message().size(), uri_.size() + 2));
+  last_failure_ = s.message();
   retry_at_ = Clock::now() + std::chrono::milliseconds(backoff_ms_);
   backoff_ms_ = std::min(backoff_ms_ * 2, options_.backoff_max_ms);
   changed_.notify_one();
@@ -289,7 +292,8 @@ Status NbdFile::request(const char *what, uint64_t offset, std::vector<Command> 
   for (int attempt = 0; attempt < 2; attempt++) {
     auto h = acquire(deadline);
     if (!h)
-      return h.status();
+      return error(std::string(what) + " at offset " + std::to_string(offset) + ": " +
+                   h.status().message());
     for (Command &c : commands) {
       c.cookie = 0;
       c.done = false;
@@ -331,8 +335,11 @@ Status NbdFile::pread(void *buf, size_t count, uint64_t offset) {
   if (inside == 0)
     return Status::ok();
   const uint64_t first = offset / min_block_ * min_block_;
-  const uint64_t end = std::min<uint64_t>((offset + inside + min_block_ - 1) / min_block_ * min_block_,
-                                          size_);
+  const uint64_t end = (offset + inside + min_block_ - 1) / min_block_ * min_block_;
+  if (end > size_)
+    return error("cannot read the last " + std::to_string(size_ % min_block_) +
+                 " bytes of the export: its size is not a multiple of the server's minimum "
+                 "block size (" + std::to_string(min_block_) + " bytes)");
   if (first == offset && end == offset + inside)
     return read_aligned(out, inside, offset);
   // The server wants whole blocks: read them, keep the part asked for.
@@ -350,7 +357,10 @@ Result<qed::File::Run> NbdFile::probe_run(uint64_t offset, uint64_t limit) {
   // Ask about whole blocks from the one holding `offset`.
   const uint64_t first = offset / min_block_ * min_block_;
   uint64_t count = std::min(offset - first + limit, kMaxStatusRequest);
-  count = std::min((count + min_block_ - 1) / min_block_ * min_block_, size_ - first);
+  count = std::min((count + min_block_ - 1) / min_block_ * min_block_,
+                   (size_ - first) / min_block_ * min_block_);
+  if (count == 0)  // the partial block at the end, which the server cannot answer for
+    return Run{false, limit};
   std::vector<Command> commands(1);
   commands[0].read = false;
   commands[0].count = uint32_t(count);

@@ -10,7 +10,7 @@ packages=(
   nbdkit nbdkit-plugin-dev
   libboost-dev doctest-dev
   meson ninja-build g++ pkg-config
-  libnbd-bin python3-libnbd
+  libnbd-dev libnbd-bin python3-libnbd
   qemu-utils
 )
 if [[ ${1:-} == --test ]]; then
