@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
 #include <utility>
 
 namespace qed_nbd {
@@ -70,12 +71,19 @@ Status NbdFile::zero_range(uint64_t, uint64_t) { return read_only_error(); }
 
 // ---------------------------------------------------------------- connecting
 
-Result<Handle> NbdFile::connect(Clock::time_point deadline) {
+Result<Handle> NbdFile::connect(bool structured, Clock::time_point deadline) {
   Handle h(nbd_create());
   if (!h)
     return failed("cannot create a libnbd handle: " + libnbd_error());
   nbd_set_handle_name(h.get(), "qed-backing");
-  if (nbd_add_meta_context(h.get(), LIBNBD_CONTEXT_BASE_ALLOCATION) == -1)
+  // Our reads either fill the whole buffer or fail (and the engine then drops
+  // it), so libnbd need not zero it first.
+  nbd_set_pread_initialize(h.get(), false);
+  // Only block status needs structured replies; reads without them take
+  // fewer system calls per reply (one header, then the data).
+  if (!structured)
+    nbd_set_request_structured_replies(h.get(), false);
+  else if (nbd_add_meta_context(h.get(), LIBNBD_CONTEXT_BASE_ALLOCATION) == -1)
     return failed(libnbd_error());
   // QEMU writes nbd+tcp:// for what libnbd calls nbd://.
   std::string uri = uri_;
@@ -127,12 +135,12 @@ Status NbdFile::check_same_export(nbd_handle *h) {
 Result<std::unique_ptr<NbdFile>> NbdFile::open(const std::string &uri,
                                                const NbdOptions &options) {
   std::unique_ptr<NbdFile> f(new NbdFile(uri, options));
-  auto h = f->connect(Clock::now() + std::chrono::milliseconds(options.connect_timeout_ms));
+  auto h = f->connect(true, Clock::now() + std::chrono::milliseconds(options.connect_timeout_ms));
   Status s = h ? f->learn(h->get()) : h.status();
   if (!s.is_ok())
     return f->error(s.message());
   f->backoff_ms_ = options.backoff_min_ms;
-  f->idle_.push_back(std::move(*h));
+  f->idle_.push_back(Conn{std::move(*h), true});
   return f;
 }
 
@@ -143,35 +151,62 @@ unsigned NbdFile::open_connections() {
 
 // ------------------------------------------------------------------ the pool
 
-Result<Handle> NbdFile::acquire(Clock::time_point deadline) {
+// Requires mu_ held. The idle connection to use for a request, if any: for
+// block status, one with structured replies; for a read, a plain one, or a
+// structured one when no other connection may be opened.
+std::optional<size_t> NbdFile::pick_idle(bool status) const {
+  std::optional<size_t> fallback;
+  for (size_t i = idle_.size(); i-- > 0;) {
+    if (idle_[i].structured == status || !block_status_)
+      return i;
+    if (!status)
+      fallback = i;
+  }
+  if (fallback && idle_.size() + busy_ >= limit_)
+    return fallback;
+  return std::nullopt;
+}
+
+Result<NbdFile::Conn> NbdFile::acquire(bool status, Clock::time_point deadline) {
   std::unique_lock lock(mu_);
-  while (idle_.empty() && busy_ >= limit_) {
-    if (changed_.wait_until(lock, deadline) == std::cv_status::timeout &&
-        idle_.empty() && busy_ >= limit_)
+  for (;;) {
+    if (auto i = pick_idle(status)) {
+      Conn c = std::move(idle_[*i]);
+      idle_.erase(idle_.begin() + int64_t(*i));
+      busy_++;
+      return c;
+    }
+    if (idle_.size() + busy_ < limit_)
+      break;
+    // Block status, and the pool is full of idle plain connections: one of
+    // them makes room for a structured one.
+    if (!idle_.empty()) {
+      Conn spare = std::move(idle_.back());
+      idle_.pop_back();
+      lock.unlock();
+      spare.h.reset();
+      lock.lock();
+      continue;
+    }
+    if (changed_.wait_until(lock, deadline) == std::cv_status::timeout && !pick_idle(status) &&
+        idle_.size() + busy_ >= limit_)
       return failed("no connection became free within " +
-                   std::to_string(options_.request_timeout_ms) + " ms");
+                    std::to_string(options_.request_timeout_ms) + " ms");
   }
-  busy_++;
-  if (!idle_.empty()) {
-    Handle h = std::move(idle_.back());
-    idle_.pop_back();
-    return h;
-  }
-  if (Clock::now() < retry_at_) {
-    busy_--;
-    changed_.notify_one();
+  if (Clock::now() < retry_at_)
     return failed("server unreachable (" + last_failure_ + "); next attempt in " +
-                 std::to_string(ms_until(retry_at_)) + " ms");
-  }
+                  std::to_string(ms_until(retry_at_)) + " ms");
+  busy_++;
   lock.unlock();
+  const bool structured = status || limit_ == 1;  // a lone connection does everything
   const auto connect_by = std::min(
       deadline, Clock::now() + std::chrono::milliseconds(options_.connect_timeout_ms));
-  auto h = connect(connect_by);
+  auto h = connect(structured && block_status_, connect_by);
   Status s = h ? check_same_export(h->get()) : h.status();
   lock.lock();
   if (s.is_ok()) {
     backoff_ms_ = options_.backoff_min_ms;
-    return h;
+    return Conn{std::move(*h), structured && block_status_};
   }
   busy_--;
   last_failure_ = s.message();
@@ -181,21 +216,21 @@ Result<Handle> NbdFile::acquire(Clock::time_point deadline) {
   return s;
 }
 
-void NbdFile::release(Handle h) {
+void NbdFile::release(Conn c) {
   std::lock_guard lock(mu_);
   busy_--;
-  if (h && nbd_aio_is_ready(h.get()))
-    idle_.push_back(std::move(h));
+  if (c.h && nbd_aio_is_ready(c.h.get()))
+    idle_.push_back(std::move(c));
   changed_.notify_one();
 }
 
 void NbdFile::drop_idle() {
-  std::vector<Handle> dead;
+  std::vector<Conn> dead;
   {
     std::lock_guard lock(mu_);
     dead.swap(idle_);
   }
-  // Closed outside the lock: nbd_close may wait for the socket.
+  // Closed here, outside the lock: nbd_close may wait for the socket.
 }
 
 // -------------------------------------------------------------- one request
@@ -290,18 +325,19 @@ Status NbdFile::request(const char *what, uint64_t offset, std::vector<Command> 
   const auto deadline = Clock::now() + std::chrono::milliseconds(options_.request_timeout_ms);
   Status last;
   for (int attempt = 0; attempt < 2; attempt++) {
-    auto h = acquire(deadline);
-    if (!h)
+    const bool status = !commands.empty() && !commands[0].read;
+    auto conn = acquire(status, deadline);
+    if (!conn)
       return error(std::string(what) + " at offset " + std::to_string(offset) + ": " +
-                   h.status().message());
+                   conn.status().message());
     for (Command &c : commands) {
       c.cookie = 0;
       c.done = false;
       c.extents.clear();
     }
     Outcome outcome;
-    Status s = run(*h, commands, deadline, outcome);
-    release(std::move(*h));
+    Status s = run(conn->h, commands, deadline, outcome);
+    release(std::move(*conn));
     if (s.is_ok())
       return s;
     last = error(std::string(what) + " at offset " + std::to_string(offset) + ": " + s.message());

@@ -3,22 +3,34 @@
 // backing format (raw, or a QED image served raw) applies on top.
 //
 // Parallel: requests are spread over a small pool of connections, one
-// request per connection at a time. The pool grows on demand up to
+// request per connection at a time. Reads go over connections without
+// structured replies (fewer system calls per reply); block status, which
+// needs them, over connections with them (a lone connection does both). The pool grows on demand up to
 // NbdOptions::connections when the server advertises multi-conn (every
 // connection then sees the same data), else it is one connection. A request
 // longer than the server's maximum block size goes out as several commands,
 // all in flight at once on its connection.
 //
-// Faults: a request that finds its connection dead (the server went away)
-// drops every idle connection (they lead to the same server) and tries once
-// more on a fresh one. When connecting fails, requests fail at once with EIO
+// Faults: a request that finds its connection dead (the server went away, or
+// answers ESHUTDOWN because it is stopping and waits for its clients to
+// leave) drops every idle connection (they lead to the same server) and
+// tries once more on a fresh one. A server that is stopping while nothing is
+// read keeps waiting for our idle connections until the next request. When connecting fails, requests fail at once with EIO
 // until the back-off delay has passed; the delay doubles after each failed
 // attempt (from backoff_min_ms to backoff_max_ms) and is reset by a success,
 // so a restarted server is picked up by the first request after the delay.
 // Nothing blocks for ever: a connection attempt gives up after
 // connect_timeout_ms, a request (including its wait for a free connection)
 // after request_timeout_ms. Every failure is EIO with a message that starts
-// with the URI.
+// with the URI. A reconnection that finds an export of another size is
+// refused (the image was opened over the old one).
+//
+// Thread safety: every method may be called from many threads at once. mu_
+// guards the pool and the back-off state (the members under it below); no
+// lock of ours is held while connecting or during I/O. A connection taken
+// from the pool belongs to one request until it is given back, so nothing
+// else touches that handle meanwhile (libnbd also locks each handle). What
+// open() learnt (size, limits, flags) is constant afterwards.
 //
 // No nbdkit include: the plugin and the QED filter both link this.
 #pragma once
@@ -28,6 +40,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -39,7 +52,7 @@ struct nbd_handle;
 namespace qed_nbd {
 
 struct NbdOptions {
-  unsigned connections = 4;  // most connections, when the server allows multi-conn
+  unsigned connections = 8;  // most connections, when the server allows multi-conn
   int connect_timeout_ms = 10000;
   int request_timeout_ms = 60000;
   int backoff_min_ms = 100;
@@ -93,14 +106,22 @@ private:
 
   NbdFile(std::string uri, const NbdOptions &options) : uri_(std::move(uri)), options_(options) {}
 
-  qed::Result<Handle> connect(Clock::time_point deadline);
+  // A connection, with structured replies (and base:allocation) or without.
+  struct Conn {
+    Handle h;
+    bool structured = false;
+  };
+
+  qed::Result<Handle> connect(bool structured, Clock::time_point deadline);
   qed::Status learn(nbd_handle *h);
   qed::Status check_same_export(nbd_handle *h);
-  // A connection for one request: an idle one, or a new one when the pool
-  // may grow. Fails at once inside the back-off delay.
-  qed::Result<Handle> acquire(Clock::time_point deadline);
-  // Gives a connection back; a null or dead one frees its place.
-  void release(Handle h);
+  // A connection for one request (block status if `status`, else reads): an
+  // idle one, or a new one when the pool may grow. Fails at once inside the
+  // back-off delay.
+  qed::Result<Conn> acquire(bool status, Clock::time_point deadline);
+  std::optional<size_t> pick_idle(bool status) const;
+  // Gives a connection back; a closed or dead one frees its place.
+  void release(Conn c);
   // The connection died: close the idle ones too (same server).
   void drop_idle();
 
@@ -134,7 +155,7 @@ private:
   std::mutex mu_;
   std::condition_variable changed_;  // a connection came back or a place freed up
   // Guarded by mu_:
-  std::vector<Handle> idle_;         // connected, not in use
+  std::vector<Conn> idle_;           // connected, not in use
   unsigned busy_ = 0;                // connections in use, or being made
   Clock::time_point retry_at_{};     // no connection attempt before this
   int backoff_ms_ = 0;               // delay after the next failed attempt

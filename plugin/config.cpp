@@ -118,7 +118,7 @@ const Key kKeys[] = {
      "Backing files: local (true, the default), none, or local and NBD URIs.",
      [](Config &c, const char *, const char *v) { return parse_allow_backing(c, v); }},
     {"backing-connections", "<N>",
-     "Most connections to each NBD backing server (default 4).",
+     "Most connections to each NBD backing server (default 8).",
      [](Config &c, const char *k, const char *v) {
        return parse_connections(k, v, c.backing_connections);
      }},

@@ -19,7 +19,7 @@ struct Config {
   qed::CreateOptions create_options;   // cluster-size=, table-size=, backing=, backing-format=
   bool allow_backing = true;           // allow-backing=false
   bool allow_network_backing = false;  // allow-backing=network
-  unsigned backing_connections = 4;    // backing-connections=
+  unsigned backing_connections = 8;    // backing-connections=
   qed::CheckPolicy check = qed::CheckPolicy::kAuto;  // check=
 };
 
