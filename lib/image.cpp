@@ -45,7 +45,10 @@ Result<std::unique_ptr<Image>> Image::open(const std::string &path, const OpenOp
 Result<std::unique_ptr<Image>> Image::open_in_chain(const std::string &path,
                                                     const OpenOptions &options,
                                                     ChainState &chain) {
-  QED_RETURN_IF_ERROR(enter_chain(chain, path));
+  auto identity = posix_identity(path);
+  if (!identity)
+    return identity.status();
+  QED_RETURN_IF_ERROR(enter_chain(chain, *identity, path));
   auto file = open_posix_file(path, options.read_only ? OpenMode::kReadOnly : OpenMode::kReadWrite);
   if (!file)
     return file.status();

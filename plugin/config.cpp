@@ -76,6 +76,30 @@ int parse_check(const char *value, qed::CheckPolicy &out) {
   return -1;
 }
 
+// allow-backing=true|false|network: whether backing files may be local
+// files (true, the default), anything (network also allows NBD URIs), or
+// nothing (false).
+int parse_allow_backing(Config &c, const char *value) {
+  c.allow_network_backing = std::strcmp(value, "network") == 0;
+  if (c.allow_network_backing) {
+    c.allow_backing = true;
+    return 0;
+  }
+  return parse_bool(value, c.allow_backing);
+}
+
+int parse_connections(const char *key, const char *value, unsigned &out) {
+  unsigned n;
+  if (nbdkit_parse_unsigned(key, value, &n) == -1)
+    return -1;
+  if (n < 1 || n > 64) {
+    nbdkit_error("%s: %s is not between 1 and 64", key, value);
+    return -1;
+  }
+  out = n;
+  return 0;
+}
+
 struct Key {
   const char *name;
   const char *value;  // how --help shows the value
@@ -93,8 +117,14 @@ const Key kKeys[] = {
      [](Config &c, const char *k, const char *v) { return parse_size(k, v, c.cache_bytes); }},
     {"check", "auto|repair|report|off", "Consistency check at open (default auto).",
      [](Config &c, const char *, const char *v) { return parse_check(v, c.check); }},
-    {"allow-backing", "true|false", "Whether images may have backing files (default true).",
-     [](Config &c, const char *, const char *v) { return parse_bool(v, c.allow_backing); }},
+    {"allow-backing", "true|false|network",
+     "Backing files: local (true, the default), none, or local and NBD URIs.",
+     [](Config &c, const char *, const char *v) { return parse_allow_backing(c, v); }},
+    {"backing-connections", "<N>",
+     "Most connections to each NBD backing server (default 8).",
+     [](Config &c, const char *k, const char *v) {
+       return parse_connections(k, v, c.backing_connections);
+     }},
     {"size", "<SIZE>", "Size of a new image; on an existing image, grow it to SIZE.",
      [](Config &c, const char *k, const char *v) { return parse_size(k, v, c.size); }},
     {"create", "true", "Create file= as a new, empty image (needs size= or backing=).",
@@ -109,7 +139,7 @@ const Key kKeys[] = {
      [](Config &c, const char *k, const char *v) {
        return parse_u32_size(k, v, c.create_options.table_size);
      }},
-    {"backing", "<FILENAME>", "New image: its backing file.",
+    {"backing", "<FILENAME|URI>", "New image: its backing file (a path, or an NBD URI).",
      [](Config &c, const char *, const char *v) {
        c.create_options.backing_file = v;
        return 0;

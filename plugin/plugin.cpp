@@ -20,6 +20,7 @@
 #include "export_size.h"
 #include "image.h"
 #include "nbdkit_extents.h"
+#include "nbd_store.h"
 
 #define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
 
@@ -40,12 +41,30 @@ struct Handle {
 
 qed::Image &image_of(void *handle) { return *static_cast<Handle *>(handle)->image; }
 
+// Where backing files are opened: local files through the engine's POSIX
+// store; NBD URIs through libnbd with allow-backing=network, else refused
+// with a message naming the key (the engine adds the image and the URI).
+qed::BackingStores backing_stores() {
+  const Config &c = config();
+  qed::BackingStores stores;
+  if (c.allow_network_backing) {
+    qed_nbd::NbdOptions nbd;
+    nbd.connections = c.backing_connections;
+    stores.network = std::make_shared<qed_nbd::NbdStore>(nbd);
+  } else {
+    stores.network = std::make_shared<qed::RefusingBackingStore>(
+        "network backing files are refused unless allowed with allow-backing=network");
+  }
+  return stores;
+}
+
 qed::OpenOptions open_options(bool read_only) {
   const Config &c = config();
   qed::OpenOptions o;
   o.read_only = read_only;
   o.cache_bytes = c.cache_bytes;
   o.allow_backing = c.allow_backing;
+  o.backing_stores = backing_stores();
   o.grow_to = read_only || c.create ? 0 : c.size;
   o.check = c.check;
   return o;
@@ -74,7 +93,9 @@ int qed_get_ready() {
   return guarded([] {
     const Config &c = config();
     if (c.create) {
-      if (qed::Status s = qed::create_image(c.file, c.create_options); !s.is_ok())
+      qed::CreateOptions o = c.create_options;
+      o.backing_stores = backing_stores();
+      if (qed::Status s = qed::create_image(c.file, o); !s.is_ok())
         return report(s);
     }
     std::lock_guard lock(served_mu);
@@ -192,6 +213,7 @@ void qed_dump_plugin() {
   std::printf("qed_max_cluster_size=%u\n", qed::kMaxClusterSize);
   std::printf("qed_table_sizes=1-16\n");
   std::printf("qed_backing_formats=raw,qed\n");
+  std::printf("qed_backing_uri_schemes=nbd,nbds,nbd+unix,nbds+unix,nbd+vsock,nbds+vsock,nbd+tcp\n");
   std::printf("qed_create=yes\n");
   std::printf("qed_parallel_allocation=yes\n");
 }

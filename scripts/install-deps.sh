@@ -11,8 +11,7 @@ packages=(
   nbdkit nbdkit-plugin-dev
   libboost-dev doctest-dev
   meson ninja-build g++ pkg-config
-  perl
-  libnbd-bin python3-libnbd
+  libnbd-dev libnbd-bin python3-libnbd
   qemu-utils
   perl  # pod2man and podchecker, for the man pages
 )
@@ -20,11 +19,6 @@ if [[ ${1:-} == --test ]]; then
   packages+=(clang libclang-rt-14-dev fio qemu-utils)
   # The Debian package test (tests/e2e/test-package.sh) and the man page test.
   packages+=(debhelper dpkg-dev lintian git man-db)
-fi
-
-# The system-call-level tests (tests/syscall) link libnbd.
-if [[ ${1:-} == --test ]]; then
-  packages+=(libnbd-dev)
 fi
 
 missing=()
