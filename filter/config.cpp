@@ -2,6 +2,9 @@
 
 #include "config.h"
 
+#include "backing_store.h"
+#include "nbd_store.h"
+
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -46,9 +49,18 @@ int parse_check(Config &c, const char *key, const char *value) {
   return 0;
 }
 
-// Today a local file, made absolute now: nbdkit changes to / before serving.
-// This is where an NBD URI would be recognised and kept as it is.
-int parse_backing(Config &c, const char *, const char *value) {
+// A local file, made absolute now (nbdkit changes to / before serving), or an
+// NBD URI, kept as it is (the engine's rule tells them apart: a URI is never
+// looked up as a file). Naming a URI here is the user's consent to connect.
+int parse_backing(Config &c, const char *key, const char *value) {
+  if (qed::is_uri(value)) {
+    if (qed::Status s = qed_nbd::check_nbd_uri(value); !s.is_ok()) {
+      nbdkit_error("%s: %s", key, s.message().c_str());
+      return -1;
+    }
+    c.backing = qed::BackingOverride{value, qed::BackingOverride::Format::kAsImageSays};
+    return 0;
+  }
   std::unique_ptr<char, decltype(&std::free)> real(nbdkit_realpath(value), std::free);
   if (!real)
     return -1;  // nbdkit_realpath reported the error, naming the file

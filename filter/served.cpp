@@ -10,6 +10,7 @@
 #include "config.h"
 #include "export_size.h"
 #include "format.h"
+#include "nbd_store.h"
 #include "next_file.h"
 #include "nbdkit_errors.h"
 
@@ -105,6 +106,8 @@ qed::OpenOptions open_options() {
   o.allow_backing = c.backing.has_value();
   o.check = c.check;
   o.backing_override = c.backing;
+  if (c.backing && qed::is_uri(c.backing->path))
+    o.backing_stores.network = std::make_shared<qed_nbd::NbdStore>(qed_nbd::NbdOptions{});
   return o;
 }
 

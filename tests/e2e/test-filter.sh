@@ -271,6 +271,31 @@ serve 'nbdcopy "$uri" out.raw' --filter="$filter" file chain/top.qed \
 cmp top-raw.ref.raw out.raw ||
   fail "with qed-backing-format=raw, the export differs from qemu -F raw"
 
+# qed-backing= naming an NBD URI: the base on another nbdkit.
+qemu_raw chain/mid.qed mid.ref.raw
+rm -f "$tmp/base.sock" "$tmp/base.pid"
+nbdkit -r -U "$tmp/base.sock" -P "$tmp/base.pid" file "$tmp/chain/base.raw"
+for i in $(seq 50); do [[ -S $tmp/base.sock ]] && break; sleep 0.1; done
+rm -f out.raw
+serve 'nbdcopy "$uri" out.raw && nbdinfo "$uri" >info' --filter="$filter" file chain/mid.qed \
+  qed-backing="nbd+unix:///?socket=$tmp/base.sock" || fail "qed-backing=URI"
+cmp mid.ref.raw out.raw || fail "with qed-backing=URI, the export differs from qemu's decoding"
+grep -qF "nbd+unix:///?socket=$tmp/base.sock" info ||
+  { cat info; fail "the description does not name the URI"; }
+# A QED base over NBD whose own backing file is a local name: refused, so that
+# a remote image cannot make the filter read local files.
+kill "$(cat "$tmp/base.pid")"
+rm -f "$tmp/base.sock"
+nbdkit -r -U "$tmp/base.sock" -P "$tmp/base.pid" file "$tmp/chain/mid.qed"
+for i in $(seq 50); do [[ -S $tmp/base.sock ]] && break; sleep 0.1; done
+refused "a local name below an NBD base" --filter="$filter" file chain/top.qed \
+  qed-backing="nbd+unix:///?socket=$tmp/base.sock"
+said "local backing file below a network image is refused"
+kill "$(cat "$tmp/base.pid")"
+refused "a URI that is not NBD" --filter="$filter" file chain/top.qed \
+  qed-backing="http://localhost/base.qed"
+said "qed-backing: http://localhost/base.qed" 'protocol "http" is not supported'
+
 refused "qed-backing-format=qed on a raw file" --filter="$filter" file chain/mid.qed \
   qed-backing="$tmp/chain/base.raw" qed-backing-format=qed
 said '"base.raw"' "$tmp/chain/base.raw"
