@@ -69,12 +69,9 @@ qed::Status NextFile::call_pread(uint8_t *buf, uint32_t count, uint64_t offset) 
   if (r == -1) {
     if (err == 0)
       err = EIO;
-    // strerrordesc_np, not strerror: no locale, so thread-safe, and no glibc
-    // locale lock (strerror under the ASan preload leaves it taken, and nbdkit
-    // then hangs at exit).
     return qed::Status::io_error(name_ + ": reading " + std::to_string(count) +
                                      " bytes at offset " + std::to_string(offset) +
-                                     " failed: " + strerrordesc_np(err),
+                                     " failed: " + qed::errno_text(err),
                                  err);
   }
   return qed::Status::ok();

@@ -15,7 +15,7 @@ bool is_uri(const std::string &name) {
 Result<std::string> posix_identity(const std::string &path) {
   struct stat st;
   if (::stat(path.c_str(), &st) < 0)
-    return Status::io_error(path + ": " + std::strerror(errno), errno);
+    return Status::io_error(path + ": " + errno_text(errno), errno);
   return std::string("file ")
       .append(std::to_string(uint64_t(st.st_dev)))
       .append(":")

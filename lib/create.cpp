@@ -97,7 +97,7 @@ Status create_image(const std::string &path, const CreateOptions &o) {
   QED_RETURN_IF_ERROR(check_options(path, o, size));
 
   if (o.overwrite && ::unlink(path.c_str()) < 0 && errno != ENOENT)
-    return Status::io_error(path + ": cannot remove the existing file: " + std::strerror(errno), errno);
+    return Status::io_error(path + ": cannot remove the existing file: " + errno_text(errno), errno);
   auto file = open_posix_file(path, OpenMode::kCreate);
   if (!file) {
     if (file.status().errno_value() == EEXIST)

@@ -17,11 +17,11 @@ bool is_unsupported(int err) { return err == EOPNOTSUPP || err == ENOSYS || err 
 Result<uint64_t> size_of(const std::string &path, int fd) {
   struct stat st;
   if (::fstat(fd, &st) < 0)
-    return Status::io_error(path + ": fstat: " + std::strerror(errno), errno);
+    return Status::io_error(path + ": fstat: " + errno_text(errno), errno);
   if (S_ISBLK(st.st_mode)) {
     off_t end = ::lseek(fd, 0, SEEK_END);
     if (end < 0)
-      return Status::io_error(path + ": lseek: " + std::strerror(errno), errno);
+      return Status::io_error(path + ": lseek: " + errno_text(errno), errno);
     return uint64_t(end);
   }
   return uint64_t(st.st_size);
@@ -31,7 +31,7 @@ Result<uint64_t> size_of(const std::string &path, int fd) {
 
 Status PosixFile::error(const std::string &what, uint64_t offset, int err) const {
   return Status::io_error(path_ + ": " + what + " at offset " + std::to_string(offset) +
-                              ": " + std::strerror(err),
+                              ": " + errno_text(err),
                           err);
 }
 
@@ -90,7 +90,7 @@ Status PosixFile::pwrite(const void *buf, size_t count, uint64_t offset) {
 
 Status PosixFile::sync() {
   if (::fdatasync(fd_.get()) < 0)
-    return Status::io_error(path_ + ": fdatasync: " + std::strerror(errno), errno);
+    return Status::io_error(path_ + ": fdatasync: " + errno_text(errno), errno);
   return Status::ok();
 }
 
@@ -176,17 +176,17 @@ Result<std::unique_ptr<File>> open_posix_file(const std::string &path, OpenMode 
   // O_NONBLOCK keeps open() of a FIFO from hanging; we refuse FIFOs below.
   UniqueFd fd(::open(path.c_str(), flags, 0644));
   if (fd.get() < 0)
-    return Status::io_error(path + ": " + std::strerror(errno), errno);
+    return Status::io_error(path + ": " + errno_text(errno), errno);
   struct stat st;
   if (::fstat(fd.get(), &st) < 0)
-    return Status::io_error(path + ": fstat: " + std::strerror(errno), errno);
+    return Status::io_error(path + ": fstat: " + errno_text(errno), errno);
   if (S_ISDIR(st.st_mode))
     return Status::invalid_argument(path + ": is a directory, not an image file");
   if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
     return Status::invalid_argument(path + ": is not a regular file or block device");
   int fl = ::fcntl(fd.get(), F_GETFL);
   if (fl < 0 || ::fcntl(fd.get(), F_SETFL, fl & ~O_NONBLOCK) < 0)
-    return Status::io_error(path + ": fcntl: " + std::strerror(errno), errno);
+    return Status::io_error(path + ": fcntl: " + errno_text(errno), errno);
   auto size = size_of(path, fd.get());
   if (!size)
     return size.status();
