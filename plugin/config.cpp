@@ -5,6 +5,8 @@
 #include "config.h"
 #include "format.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -149,12 +151,17 @@ const Key kKeys[] = {
 };
 
 // With create=true the file need not exist yet, so realpath() of the folder.
+// nbdkit_realpath reports a missing file as an error: ask it only about a
+// file that must exist or does.
 std::string absolute_image_path(const std::string &given, bool may_be_missing) {
-  std::unique_ptr<char, decltype(&std::free)> real(nbdkit_realpath(given.c_str()), std::free);
-  if (real)
-    return real.get();
-  if (!may_be_missing)
-    return {};  // nbdkit_realpath reported the error
+  struct stat st;
+  if (!may_be_missing || ::stat(given.c_str(), &st) == 0) {
+    std::unique_ptr<char, decltype(&std::free)> real(nbdkit_realpath(given.c_str()), std::free);
+    if (real)
+      return real.get();
+    if (!may_be_missing)
+      return {};  // nbdkit_realpath reported the error
+  }
   std::unique_ptr<char, decltype(&std::free)> abs(nbdkit_absolute_path(given.c_str()),
                                                   std::free);
   return abs ? abs.get() : std::string();

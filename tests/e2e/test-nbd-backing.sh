@@ -108,6 +108,8 @@ with open(sys.argv[1], "r+b") as f:
         f.seek(off); f.write(bytes([b]) * n)
     f.seek(65536); f.write(bytes(3 * 65536))
 PY
+qio new.p.qed 'read -P 0x61 100 5000' "read -P 0x62 $((4 * MiB - 300)) 1000" \
+  "read -P 0x63 $((20 * MiB + 1000)) 536" 'read -P 0 64k 192k'
 qemu-img compare -q -f qed -F raw new.p.qed want.raw || fail "qemu reads something else than the plugin wrote"
 qemu-img check -q new.p.qed || fail "qemu-img check of the plugin's writes over a remote base"
 check_same_as_qemu new.p.qed $net
