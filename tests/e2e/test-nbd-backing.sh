@@ -54,6 +54,14 @@ diff -u qemu.map plugin.map || fail "the plugin's map differs from qemu-nbd's"
 # The base's holes [4M, 5M) and [12M+4K, 20M) show as holes.
 grep -Eq '^ *4194304 +1048576 +3 +hole,zero$' plugin.map || fail "the remote hole at 4 MiB is missing"
 
+echo "== --help and --dump-plugin name the keys"
+qed_nbdkit "$plugin" --help >help.out || fail "--help failed"
+grep -q '^allow-backing=true|false|network ' help.out || fail "--help: allow-backing does not offer network"
+grep -q '^backing-connections=<N> .*default 8' help.out || fail "--help: no backing-connections=<N> (default 8)"
+qed_nbdkit "$plugin" --dump-plugin >dump.out || fail "--dump-plugin failed"
+grep -q '^qed_keys=.*,backing-connections,' dump.out || fail "--dump-plugin: qed_keys lacks backing-connections"
+grep -q '^qed_backing_uri_schemes=nbd,nbds,nbd+unix,' dump.out || fail "--dump-plugin: no URI schemes"
+
 echo "== refusals"
 refuses file=top.qed || fail "a network backing file was opened without allow-backing=network"
 grep -qF "$tmp/top.qed: backing file \"$uri\": network backing files are refused unless allowed with allow-backing=network" \
