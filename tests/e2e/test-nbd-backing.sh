@@ -54,6 +54,14 @@ diff -u qemu.map plugin.map || fail "the plugin's map differs from qemu-nbd's"
 # The base's holes [4M, 5M) and [12M+4K, 20M) show as holes.
 grep -Eq '^ *4194304 +1048576 +3 +hole,zero$' plugin.map || fail "the remote hole at 4 MiB is missing"
 
+echo "== --help and --dump-plugin name the keys"
+qed_nbdkit "$plugin" --help >help.out || fail "--help failed"
+grep -q '^allow-backing=true|false|network ' help.out || fail "--help: allow-backing does not offer network"
+grep -q '^backing-connections=<N> .*default 8' help.out || fail "--help: no backing-connections=<N> (default 8)"
+qed_nbdkit "$plugin" --dump-plugin >dump.out || fail "--dump-plugin failed"
+grep -q '^qed_keys=.*,backing-connections,' dump.out || fail "--dump-plugin: qed_keys lacks backing-connections"
+grep -q '^qed_backing_uri_schemes=nbd,nbds,nbd+unix,' dump.out || fail "--dump-plugin: no URI schemes"
+
 echo "== refusals"
 refuses file=top.qed || fail "a network backing file was opened without allow-backing=network"
 grep -qF "$tmp/top.qed: backing file \"$uri\": network backing files are refused unless allowed with allow-backing=network" \
@@ -108,6 +116,8 @@ with open(sys.argv[1], "r+b") as f:
         f.seek(off); f.write(bytes([b]) * n)
     f.seek(65536); f.write(bytes(3 * 65536))
 PY
+qio new.p.qed 'read -P 0x61 100 5000' "read -P 0x62 $((4 * MiB - 300)) 1000" \
+  "read -P 0x63 $((20 * MiB + 1000)) 536" 'read -P 0 64k 192k'
 qemu-img compare -q -f qed -F raw new.p.qed want.raw || fail "qemu reads something else than the plugin wrote"
 qemu-img check -q new.p.qed || fail "qemu-img check of the plugin's writes over a remote base"
 check_same_as_qemu new.p.qed $net
