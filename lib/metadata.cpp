@@ -18,9 +18,13 @@ uint64_t sectors_for(uint64_t entries) {
 
 uint64_t round_up(uint64_t v, uint64_t to) { return (v + to - 1) / to * to; }
 
-// Failed allocations remembered below the end of the file; past this many,
-// further ones are only counted as leaks.
-constexpr size_t kMaxAbandoned = 64;
+// Failed allocations remembered below the end of the file. They go back as
+// soon as everything above them has; under a run of failures from several
+// threads at once (a full disk), each failure may find another's reservation
+// above it, so the list grows with the failures in flight and shrinks when
+// the last of them goes. Past this many, further ones are only counted.
+constexpr size_t kMaxAbandoned = size_t(1) << 20;
+constexpr size_t kAbandonedReserved = 64;
 
 }  // namespace
 
@@ -36,7 +40,7 @@ Metadata::Metadata(File &file, const MetadataConfig &c, std::vector<uint64_t> l1
       cache_(c.cache_bytes),
       file_end_(std::max({round_up(c.file_size, geo_.cluster_size()), geo_.header_bytes(),
                           c.l1_offset + geo_.table_bytes()})) {
-  abandoned_.reserve(kMaxAbandoned);
+  abandoned_.reserve(kAbandonedReserved);
   // An L1 entry whose table does not fit in the file is the trace of an
   // interrupted write: treat it as no table (and drop it at the next flush),
   // so that the space it names can never be handed out twice.
@@ -418,10 +422,14 @@ void Metadata::give_back(uint64_t host, uint64_t bytes) noexcept {
 }
 
 void Metadata::remember_leak(uint64_t host, uint64_t bytes) noexcept {
-  if (abandoned_.size() < abandoned_.capacity())
-    abandoned_.emplace_back(host, bytes);
-  else
-    interior_leak_overflow_ = true;
+  try {
+    if (abandoned_.size() < kMaxAbandoned) {
+      abandoned_.emplace_back(host, bytes);
+      return;
+    }
+  } catch (...) {  // no memory for it: the check will find the leak
+  }
+  interior_leak_overflow_ = true;
 }
 
 bool Metadata::has_interior_leaks() {

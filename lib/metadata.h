@@ -208,8 +208,7 @@ private:
   // ours, while such entries in older tables are traces of a crash.
   std::unordered_set<uint64_t> session_tables_;  // guarded by mu_
   // Failed allocations below the end of the file (offset, bytes), kept so that
-  // they can go back once everything after them has; the capacity is reserved
-  // up front, since abandon() must not allocate.
+  // they can go back once everything after them has (see metadata.cpp).
   std::vector<std::pair<uint64_t, uint64_t>> abandoned_;  // guarded by mu_
   bool interior_leak_overflow_ = false;                   // guarded by mu_
   bool cut_back_since_writeback_ = false;                 // guarded by mu_
