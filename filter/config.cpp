@@ -1,6 +1,7 @@
 #include <nbdkit-filter.h>
 
 #include "config.h"
+#include "key_help.h"
 
 #include "backing_store.h"
 #include "nbd_store.h"
@@ -90,8 +91,8 @@ struct Key {
 };
 
 const Key kKeys[] = {
-    {"qed-backing", "<FILENAME>",
-     "Local file to use as the base of an image with a backing file.", parse_backing},
+    {"qed-backing", "<FILENAME|URI>",
+     "Base of an image with a backing file: a local file or an NBD URI.", parse_backing},
     {"qed-backing-format", "raw|qed",
      "Format of qed-backing= (default: as the image says).", parse_backing_format},
     {"qed-cache-size", "<SIZE>", "L2 table cache per image in the chain (default 64M).",
@@ -125,20 +126,7 @@ int config_complete() {
 }
 
 const char *config_help() {
-  static const std::string help = [] {
-    size_t width = 0;
-    for (const Key &k : kKeys)
-      width = std::max(width, std::strlen(k.name) + 1 + std::strlen(k.value));
-    std::string out;
-    for (const Key &k : kKeys) {
-      std::string left = std::string(k.name).append("=").append(k.value);
-      left.resize(width + 2, ' ');
-      if (!out.empty())
-        out += '\n';
-      out.append(left).append(k.help);
-    }
-    return out;
-  }();
+  static const std::string help = qed_nbdkit::aligned_key_help(kKeys);
   return help.c_str();
 }
 

@@ -3,6 +3,7 @@
 #include <nbdkit-plugin.h>
 
 #include "config.h"
+#include "key_help.h"
 #include "format.h"
 
 #include <unistd.h>
@@ -209,20 +210,7 @@ int config_complete() {
 }
 
 const char *config_help() {
-  static const std::string help = [] {
-    size_t width = 0;
-    for (const Key &k : kKeys)
-      width = std::max(width, std::strlen(k.name) + 1 + std::strlen(k.value));
-    std::string out;
-    for (const Key &k : kKeys) {
-      std::string left = std::string(k.name).append("=").append(k.value);
-      left.resize(width + 2, ' ');
-      if (!out.empty())
-        out += '\n';
-      out.append(left).append(k.help);
-    }
-    return out;
-  }();
+  static const std::string help = qed_nbdkit::aligned_key_help(kKeys);
   return help.c_str();
 }
 
