@@ -13,11 +13,12 @@ top=$(cd "$here/.." && pwd)
 # ---------------------------------------------------------------- options
 PLUGIN=$top/build-bench/plugin/nbdkit-qed-plugin.so
 QUICK=0
-REPEAT=1
+REPEAT=
 OUTPUT=
 CACHE_DIR=${XDG_CACHE_HOME:-$HOME/.cache}/nbdkit-qed-bench
 WORK_PARENT=${TMPDIR:-/var/tmp}
 CACHE_SIZE=64M
+MISS_CACHE_SIZE=16M
 KEEP=0
 SYNC=1
 ONLY=
@@ -34,12 +35,17 @@ Usage: bench/bench.sh [options]
                     built with 'meson setup build-bench --buildtype=release
                     -Dtests=false && ninja -C build-bench' if missing)
   --quick           CI smoke run: 64 MiB image, 2 s per fio run (< 2 min)
-  --repeat N        run every measurement N times, report the best (default 1)
+  --repeat N        run every measurement N times, servers interleaved, and
+                    report the median with the spread (default 5, --quick 1)
   --output FILE     also write the result tables (markdown) to FILE
   --size SIZE       image size (default 1G, --quick 64M); suffix K/M/G
   --runtime SEC     seconds per fio run (default 10, --quick 2)
   --cache-size SIZE plugin cache-size= (default 64M)
-  --only LIST       comma list of sections to run: 1,2,3,4,5,6,7a,7b,nbd,mem,scale
+  --miss-cache-size SIZE
+                    plugin cache-size= for the 1 TiB image whose L2 tables do
+                    not fit (section mem; default 16M)
+  --only LIST       comma list of sections to run:
+                    1,2,3,4,5,6,7a,7b,9a,9b,9c,9d,nbd,mem,scale
   --backing-connections N
                     plugin backing-connections= in the nbd section (default 8)
   --cache-dir DIR   where the random source data is cached
@@ -69,6 +75,8 @@ while [ $# -gt 0 ]; do
     --runtime=*) RUNTIME=${1#*=} ;;
     --cache-size) CACHE_SIZE=$2; shift ;;
     --cache-size=*) CACHE_SIZE=${1#*=} ;;
+    --miss-cache-size) MISS_CACHE_SIZE=$2; shift ;;
+    --miss-cache-size=*) MISS_CACHE_SIZE=${1#*=} ;;
     --only) ONLY=$2; shift ;;
     --only=*) ONLY=${1#*=} ;;
     --cache-dir) CACHE_DIR=$2; shift ;;
@@ -90,6 +98,7 @@ done
 die() { echo "bench.sh: $*" >&2; exit 2; }
 log() { echo "[$(date +%T)] $*" >&2; }
 
+[ -n "$REPEAT" ] || REPEAT=$(( QUICK ? 1 : 5 ))
 [[ $REPEAT =~ ^[1-9][0-9]*$ ]] || die "--repeat needs a positive integer"
 if [ "$QUICK" = 1 ]; then : "${SIZE:=64M}" "${RUNTIME:=2}"; else : "${SIZE:=1G}" "${RUNTIME:=10}"; fi
 [[ $RUNTIME =~ ^[1-9][0-9]*$ ]] || die "--runtime needs a positive integer"
@@ -195,6 +204,7 @@ declare -A FULL=([ours]=0 [qemu]=0 [raw]=0)   # image fully allocated with $RAND
 
 SRV_PID='' SRV_URI='' SRV_LOG='' SRV_OPEN_MS='' SRV_HWM_KB='' SRV_RC='' SRV_DIED=0
 OURS_EXTRA=()   # more plugin keys for "ours" (the nbd section sets allow-backing=network)
+OURS_CACHE=     # cache-size= for "ours" instead of --cache-size (section mem)
 CASE_VAL='' CASE_ERR=''
 
 # start_server KIND IMAGE: run it in the foreground (so $! is the server) on
@@ -207,7 +217,7 @@ start_server() {
   SRV_LOG=$WORK/$kind.$NSOCK.log
   local -a cmd
   case $kind in
-    ours) cmd=(nbdkit -f --exit-with-parent -U "$sock" "$PLUGIN" file="$img" cache-size="$CACHE_SIZE"
+    ours) cmd=(nbdkit -f --exit-with-parent -U "$sock" "$PLUGIN" file="$img" cache-size="${OURS_CACHE:-$CACHE_SIZE}"
                "${OURS_EXTRA[@]}") ;;
     qemu) # shellcheck disable=SC2206
           cmd=(qemu-nbd -t -k "$sock" -f qed $QEMU_OPTS "$img") ;;
@@ -303,26 +313,29 @@ mibs() { awk -v b="$1" -v a="$2" -v c="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b
 
 copy_in() {   # nbdcopy the random data into the server, final flush included
   local t0; t0=$(now)
-  run_client "$COPY_LIMIT" nbdcopy --flush "$RAND" "$SRV_URI" || return 1
+  run_client "$COPY_LIMIT" nbdcopy --connections=4 --flush "$RAND" "$SRV_URI" || return 1
   CASE_VAL=$(mibs "$SIZE_B" "$t0")
 }
 copy_out() {
   local t0; t0=$(now)
-  run_client "$COPY_LIMIT" nbdcopy "$SRV_URI" null: || return 1
+  run_client "$COPY_LIMIT" nbdcopy --connections=4 "$SRV_URI" null: || return 1
   CASE_VAL=$(mibs "$SIZE_B" "$t0")
 }
 
 # fio_run RW MODE SIZE [RUNTIME]: MODE "alloc" = each 4k block at most once
 # (fio's random map; stops after RUNTIME s or when every block was written),
-# "timed" = RUNTIME s of I/O.  Sets CASE_VAL to IOPS.
+# "timed" = RUNTIME s of I/O.  Queue depth FIO_QD (32); with FIO_FSYNC=N, a
+# flush after every N writes.  Sets CASE_VAL to IOPS.
+FIO_QD=32 FIO_FSYNC=0
 fio_run() {
   local rw=$1 mode=$2 size=$3 rt=${4:-$RUNTIME} dir json=$WORK/fio.json
   local -a extra=()
   [ "$mode" = timed ] && extra=(--time_based)
+  [ "$FIO_FSYNC" != 0 ] && extra+=(--fsync="$FIO_FSYNC")
   case $rw in *read*) dir='read' ;; *) dir='write' ;; esac
   rm -f "$json"
   run_client "$FIO_LIMIT" fio --name=bench --ioengine=nbd --uri="$SRV_URI" \
-    --rw="$rw" --bs=4k --iodepth=32 --numjobs=1 --size="$size" \
+    --rw="$rw" --bs=4k --iodepth="$FIO_QD" --numjobs=1 --size="$size" \
     --runtime="$rt" "${extra[@]}" --norandommap=0 --randrepeat=1 \
     --output-format=json --output="$json" || return 1
   CASE_VAL=$("$PY" - "$json" "$dir" <<'EOF'
@@ -337,7 +350,7 @@ EOF
 }
 
 # ------------------------------------------------------------ one case
-declare -A RES=() ERR=() HWM=()
+declare -A RES=() VALS=() ERR=() HWM=()   # RES: the median of VALS
 FAILED=0
 
 # run_case ID KIND: prepare KIND's image, start a server, run workload ID.
@@ -345,9 +358,9 @@ run_case() {
   local id=$1 kind=$2 ok=1
   CASE_VAL='' CASE_ERR=''
   case $id in
-    1|4) fresh_image "$kind" ;;
+    1|4|9a|9b) fresh_image "$kind" ;;
     2|3|5|6) full_image "$kind" ;;
-    7a|7b) fresh_image "$kind" cow ;;
+    7a|7b|9c|9d) fresh_image "$kind" cow ;;
   esac || { CASE_ERR="image preparation failed"; return 1; }
   start_server "$kind" "${IMG[$kind]}" || return 1
   case $id in
@@ -357,6 +370,8 @@ run_case() {
     4|7b) fio_run randwrite alloc "$SIZE_B" ;;
     5) fio_run randread timed "$SIZE_B" ;;
     6) fio_run randwrite timed "$SIZE_B" ;;
+    9a|9c) FIO_QD=1 FIO_FSYNC=1 fio_run randwrite alloc "$SIZE_B" ;;
+    9b|9d) FIO_QD=32 FIO_FSYNC=32 fio_run randwrite alloc "$SIZE_B" ;;
   esac || ok=0
   [ $ok = 1 ] || CASE_ERR="client failed: $(grep -v '^+ ' "$WORK/client.log" | tail -n 4 | tr '\n' ' ')"
   stop_server
@@ -366,12 +381,8 @@ run_case() {
     CASE_ERR="${CASE_ERR:+$CASE_ERR; }server exited with status $SRV_RC: $(grep -v '^+ ' "$SRV_LOG" | tail -n 4 | tr '\n' ' ')"
   fi
   [ $ok = 1 ] || return 1
-  case $id in 1|3|6) FULL[$kind]=1 ;; 4|7a|7b) FULL[$kind]=0 ;; esac
+  case $id in 1|3|6) FULL[$kind]=1 ;; 4|7a|7b|9?) FULL[$kind]=0 ;; esac
   return 0
-}
-
-better() {  # better A B: is A a better value than B (higher is better)?
-  awk -v a="$1" -v b="$2" 'BEGIN { exit !(b == "" || a + 0 > b + 0) }'
 }
 
 run_workload() {
@@ -382,7 +393,9 @@ run_workload() {
     for kind in "${KINDS[@]}"; do
       if run_case "$id" "$kind"; then
         log "  $kind: $CASE_VAL ${WL_UNIT[$id]}"
-        better "$CASE_VAL" "${RES[$id,$kind]:-}" && RES[$id,$kind]=$CASE_VAL
+        VALS[$id,$kind]="${VALS[$id,$kind]:-} $CASE_VAL"
+        # shellcheck disable=SC2086
+        RES[$id,$kind]=$(median ${VALS[$id,$kind]})
       else
         log "  $kind: FAILED: $CASE_ERR"
         ERR[$id,$kind]=$CASE_ERR
@@ -401,13 +414,18 @@ declare -A WL_NAME=(
   [6]="4k random overwrite, QD32 (allocated image)"
   [7a]="CoW: sequential allocating write over raw backing"
   [7b]="CoW: 4k random allocating write over raw backing, QD32"
+  [9a]="4k random allocating write, flush after every write, QD1 (fresh image)"
+  [9b]="4k random allocating write, flush every 32 writes, QD32 (fresh image)"
+  [9c]="CoW: 4k random allocating write, flush after every write, QD1, over raw backing"
+  [9d]="CoW: 4k random allocating write, flush every 32 writes, QD32, over raw backing"
 )
-declare -A WL_UNIT=([1]=MiB/s [2]=MiB/s [3]=MiB/s [4]=IOPS [5]=IOPS [6]=IOPS [7a]=MiB/s [7b]=IOPS)
-WL_ORDER=(1 2 3 4 5 6 7a 7b)
-RUN_ORDER=(1 2 3 5 6 4 7a 7b)   # reuse the image of 1 for 2, 3, 5 and 6
+declare -A WL_UNIT=([1]=MiB/s [2]=MiB/s [3]=MiB/s [4]=IOPS [5]=IOPS [6]=IOPS [7a]=MiB/s [7b]=IOPS
+                    [9a]=IOPS [9b]=IOPS [9c]=IOPS [9d]=IOPS)
+WL_ORDER=(1 2 3 4 5 6 7a 7b 9a 9b 9c 9d)
+RUN_ORDER=(1 2 3 5 6 4 7a 7b 9a 9b 9c 9d)   # reuse the image of 1 for 2, 3, 5 and 6
 
 # --------------------------------------------------------- extra sections
-declare -A MEM=() SCALE=()
+declare -A MEM=() MEMV=() SCALE=()
 
 # mem_case TAG KIND IMAGE: fio random reads over the whole image for
 # MEM_RUNTIME seconds; record IOPS and peak RSS.
@@ -422,7 +440,11 @@ mem_case() {
     ok=0; CASE_ERR="${CASE_ERR:+$CASE_ERR; }server exited with status $SRV_RC: $(grep -v '^+ ' "$SRV_LOG" | tail -n 4 | tr '\n' ' ')"
   fi
   if [ $ok = 1 ]; then
-    MEM[$tag,$kind]=$SRV_HWM_KB; MEM[$tag-iops,$kind]=$CASE_VAL
+    # Repeats keep every value; the report gives medians.
+    MEMV[$tag,$kind]="${MEMV[$tag,$kind]:-} $SRV_HWM_KB"
+    MEMV[$tag-iops,$kind]="${MEMV[$tag-iops,$kind]:-} $CASE_VAL"
+    # shellcheck disable=SC2086
+    MEM[$tag,$kind]=$(median ${MEMV[$tag,$kind]}) MEM[$tag-iops,$kind]=$(median ${MEMV[$tag-iops,$kind]})
     log "  $kind: peak RSS $((SRV_HWM_KB / 1024)) MiB, $CASE_VAL IOPS"
   else
     ERR[$tag,$kind]=$CASE_ERR; FAILED=1; log "  $kind: FAILED: $CASE_ERR"
@@ -431,7 +453,7 @@ mem_case() {
 
 run_mem() {
   want mem || return 0
-  local kind img off i
+  local kind img off i rep
   log "memory: 1 TiB sparse image, random reads over all of it for ${MEM_RUNTIME}s"
   for kind in "${KINDS[@]}"; do
     img=$WORK/mem-$kind.img; rm -f "$img"
@@ -443,7 +465,8 @@ run_mem() {
     rm -f "$img"
   done
   # One cluster in every L2 table: 512 tables of 256 KiB = 128 MiB of L2
-  # metadata, twice cache-size=64M, so the L2 cache must evict.
+  # metadata, eight times the plugin's cache-size=16M (--miss-cache-size), so
+  # most reads miss the L2 cache.
   log "memory: 1 TiB image with all 512 L2 tables allocated, random reads for ${MEM_RUNTIME}s"
   img=$WORK/mem-l2.qed; rm -f "$img"
   qed_create "$img" 1T
@@ -453,7 +476,11 @@ run_mem() {
     cmds+=(-c "write -q -P 0x5a $off 64k")
   done
   if qemu-io -f qed "${cmds[@]}" "$img" >"$WORK/qemu-io.log" 2>&1; then
-    for kind in ours qemu; do mem_case l2full1t "$kind" "$img"; done
+    OURS_CACHE=$MISS_CACHE_SIZE
+    for ((rep = 1; rep <= REPEAT; rep++)); do
+      for kind in ours qemu; do mem_case l2full1t "$kind" "$img"; done
+    done
+    OURS_CACHE=
   else
     ERR[l2full1t,ours]="qemu-io could not fill the image: $(tail -n 3 "$WORK/qemu-io.log" | tr '\n' ' ')"
     FAILED=1
@@ -572,12 +599,57 @@ ratio() {  # ratio A B
   [ -n "$1" ] && [ -n "$2" ] || { echo "-"; return; }
   awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "-"; else printf "%.2f", a / b }'
 }
-cell() {   # cell KEY: value or FAIL or -
-  if [ -n "${RES[$1]:-}" ]; then echo "${RES[$1]}"
+spread() {  # spread VALUE...: "min-max" of the values, or nothing for fewer than 2
+  [ $# -ge 2 ] || return 0
+  printf '%s\n' "$@" | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%s-%s", lo, hi }'
+}
+cell() {   # cell KEY: median [min-max] or FAIL or -
+  # shellcheck disable=SC2086
+  if [ -n "${RES[$1]:-}" ]; then
+    local sp; sp=$(spread ${VALS[$1]:-})
+    echo "${RES[$1]}${sp:+ [$sp]}"
   elif [ -n "${ERR[$1]:-}" ]; then echo "FAIL"
   else echo "-"; fi
 }
 mib() { [ -n "${1:-}" ] && awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }' || echo "-"; }
+
+# target LABEL A B MIN: one line of the targets list, ratio A/B against MIN.
+target() {
+  local r; r=$(ratio "$2" "$3")
+  local verdict=missed
+  [ "$r" = - ] && verdict="not measured"
+  [ "$r" != - ] && awk -v r="$r" -v m="$4" 'BEGIN { exit !(r + 0 >= m + 0) }' && verdict=met
+  echo "| $1 | $r | >= $4 | $verdict |"
+}
+
+# The ratios the project aims at, from the medians above.
+targets() {
+  local any=0 id
+  for id in 1 2 9a 9b 9c 9d nbd mem; do want "$id" && any=1; done
+  [ $any = 1 ] || return 0
+  echo
+  echo "Targets (ratios of medians; the benchmark reports them, it does not gate on them):"
+  echo
+  echo "| ratio | value | target | |"
+  echo "|---|--:|--:|---|"
+  if want 9a; then
+    target "9a ours/raw, flush after every write, QD1" "${RES[9a,ours]:-}" "${RES[9a,raw]:-}" 0.9
+    target "9a ours/qemu-nbd" "${RES[9a,ours]:-}" "${RES[9a,qemu]:-}" 2
+  fi
+  if want 9b; then
+    target "9b ours/raw, flush every 32 writes, QD32" "${RES[9b,ours]:-}" "${RES[9b,raw]:-}" 0.9
+    target "9b ours/qemu-nbd" "${RES[9b,ours]:-}" "${RES[9b,qemu]:-}" 2
+  fi
+  want 9c && target "9c ours/qemu-nbd over raw backing, QD1" "${RES[9c,ours]:-}" "${RES[9c,qemu]:-}" 2
+  want 9d && target "9d ours/qemu-nbd over raw backing, QD32" "${RES[9d,ours]:-}" "${RES[9d,qemu]:-}" 2
+  want 1 && target "1 ours/raw, nbdcopy into a fresh image" "${RES[1,ours]:-}" "${RES[1,raw]:-}" 0.9
+  want 2 && target "2 ours/raw, nbdcopy out of the image" "${RES[2,ours]:-}" "${RES[2,raw]:-}" 0.9
+  # shellcheck disable=SC2086
+  want nbd && target "8b ours/qemu-nbd, 4k random read over an NBD base" \
+    "$(median ${NBD[8b,ours]:-})" "$(median ${NBD[8b,qemu]:-})" 1.5
+  want mem && target "ours/qemu-nbd IOPS, 1 TiB, L2 tables 8x the cache" \
+    "${MEM[l2full1t-iops,ours]:-}" "${MEM[l2full1t-iops,qemu]:-}" 2
+}
 
 report() {
   local id k v
@@ -585,7 +657,8 @@ report() {
   echo
   echo "- date: $(date -u '+%F %T UTC'); host: $(uname -n), $(nproc) CPUs, load avg $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "- image ${SIZE} ($SIZE_B bytes), 64 KiB clusters, table_size 4 (images made with qemu-img create/convert);" \
-       "fio 4k, iodepth 32, 1 job, ${RUNTIME}s; best of $REPEAT"
+       "fio 4k, iodepth 32 unless the workload says otherwise, 1 job, ${RUNTIME}s;" \
+       "medians of $REPEAT run(s) [min-max], ours, qemu-nbd and raw interleaved; nbdcopy 4 connections"
   echo "- ours: \`nbdkit -f -U SOCK $(basename "$PLUGIN") file=IMG cache-size=$CACHE_SIZE\` (default 16 threads)"
   echo "- qemu: \`qemu-nbd -t -k SOCK -f qed $QEMU_OPTS IMG\`; raw: \`nbdkit -f -U SOCK file file=IMG\`"
   echo "- $(nbdkit --version | head -n 1); $(qemu-nbd --version | head -n 1); $(nbdcopy --version | head -n 1); $(fio --version)"
@@ -623,7 +696,8 @@ report() {
   fi
   if want mem || want 5; then
     echo
-    echo "Memory: peak RSS (VmHWM, MiB) of each server, read just before stopping it (plugin cache-size=$CACHE_SIZE)."
+    echo "Memory: peak RSS (VmHWM, MiB) of each server, read just before stopping it (plugin cache-size=$CACHE_SIZE," \
+         "and $MISS_CACHE_SIZE for the image whose L2 tables do not fit; medians of $REPEAT run(s) there)."
     echo
     echo "| measurement | ours | qemu-nbd | raw (file) | ours/qemu |"
     echo "|---|--:|--:|--:|--:|"
@@ -634,7 +708,7 @@ report() {
       for k in sparse1t l2full1t; do
         case $k in
           sparse1t) v="1 TiB sparse image, ${MEM_RUNTIME}s 4k random read over all of it" ;;
-          l2full1t) v="1 TiB image, all 512 L2 tables allocated (128 MiB), ${MEM_RUNTIME}s 4k random read" ;;
+          l2full1t) v="1 TiB image, all 512 L2 tables allocated (128 MiB), ours cache-size=$MISS_CACHE_SIZE, ${MEM_RUNTIME}s 4k random read" ;;
         esac
         echo "| $v | $(mib "${MEM[$k,ours]:-}") | $(mib "${MEM[$k,qemu]:-}") | $(mib "${MEM[$k,raw]:-}") | $(ratio "${MEM[$k,ours]:-}" "${MEM[$k,qemu]:-}") |"
         echo "| (IOPS in that run) | ${MEM[$k-iops,ours]:--} | ${MEM[$k-iops,qemu]:--} | ${MEM[$k-iops,raw]:--} | $(ratio "${MEM[$k-iops,ours]:-}" "${MEM[$k-iops,qemu]:-}") |"
@@ -651,6 +725,7 @@ report() {
     echo "| nbdinfo --map of the whole image (ms) | ${SCALE[map,ours]:--} | ${SCALE[map,qemu]:--} | ${SCALE[map,raw]:--} | $(ratio "${SCALE[map,ours]:-}" "${SCALE[map,qemu]:-}") |"
     [ -n "${SCALE[note,raw]:-}" ] && echo "" && echo "raw: ${SCALE[note,raw]}"
   fi
+  targets
   if [ ${#ERR[@]} -gt 0 ]; then
     echo
     echo "Failures:"
