@@ -63,7 +63,7 @@ qed::Header make_translatable(qed::Header h, uint64_t file_size, uint64_t &neede
     h.cluster_size = 4096u << (h.cluster_size % 5);
   if (!qed::is_valid_table_size(h.table_size))
     h.table_size = 1u << (h.table_size % 5);
-  while (uint64_t(h.table_size) * h.cluster_size > (64u << 10))
+  while (h.table_size > 1 && uint64_t(h.table_size) * h.cluster_size > (16u << 10))
     h.table_size >>= 1;
   if (h.header_size == 0 || h.header_size > 4)
     h.header_size = 1 + h.header_size % 4;

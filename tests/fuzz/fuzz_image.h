@@ -70,9 +70,9 @@ Layout decode_layout(const uint8_t *data, size_t size);
 
 // fuzz_translate tests translation, not header validation (fuzz_header and
 // fuzz_check do that): it turns any header into a valid one of a small
-// geometry (4 to 64 KiB clusters, tables of at most 64 KiB, no backing file)
-// so that every input reaches the tables. `needed` is the file size the
-// header then requires (the L1 table must fit), at least `file_size`.
+// geometry (4 to 64 KiB clusters, tables of at most 16 KiB or one cluster, no
+// backing file) so that every input reaches the tables. `needed` is the file
+// size the header then requires (the L1 table must fit), at least `file_size`.
 qed::Header make_translatable(qed::Header h, uint64_t file_size, uint64_t &needed);
 
 std::unique_ptr<qed::Image> open_memory(std::vector<uint8_t> bytes, bool read_only,

@@ -64,7 +64,7 @@ Place parse_place(Reader &in, bool with_len = true) {
 }
 
 // At most this many requests per input, so a run stays cheap.
-constexpr size_t kMaxRequests = 64;
+constexpr size_t kMaxRequests = 48;
 
 std::vector<Request> parse(Reader &in) {
   std::vector<Request> out;

@@ -297,9 +297,11 @@ uint64_t Harness::resolve_len(const Place &p, uint64_t pos) const {
   uint64_t len;
   switch (p.len_kind & 3) {
   case 0: len = 1 + p.len_raw % 700; break;
-  case 1: len = cs() * (1 + (p.len_kind >> 2) % 3) + (p.len_kind >> 4) * 37; break;
-  case 2: len = 1 + p.len_raw % 16384; break;
-  default: len = 512 * (1 + (p.len_kind >> 2) % 16); break;
+  // Mostly short: a run costs about the bytes it moves. Two clusters and a
+  // bit still cross every kind of edge.
+  case 1: len = cs() * (1 + (p.len_kind >> 2) % 2) + (p.len_kind >> 4) * 37; break;
+  case 2: len = 1 + p.len_raw % 8192; break;
+  default: len = 512 * (1 + (p.len_kind >> 2) % 8); break;
   }
   return std::max<uint64_t>(1, std::min(len, size() - pos));
 }

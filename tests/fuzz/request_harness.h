@@ -42,8 +42,8 @@ struct Place {
   uint8_t pos_kind = 0;  // low 2 bits: anywhere, near a cluster edge, near an
                          // L2 span edge, near the end; the rest: a small skew
   uint32_t pos_raw = 0;
-  uint8_t len_kind = 0;  // low 2 bits: short, about whole clusters, up to
-                         // 16 KiB, sectors; the rest: details
+  uint8_t len_kind = 0;  // low 2 bits: short, one or two clusters, up to
+                         // 8 KiB, sectors; the rest: details
   uint16_t len_raw = 0;
 };
 
@@ -75,7 +75,7 @@ public:
   void run(const std::vector<Request> &requests);
 
   // At most this many reopens per run, so a run stays cheap.
-  static constexpr unsigned kMaxReopens = 4;
+  static constexpr unsigned kMaxReopens = 3;
 
 private:
   // A request that changed the disk, as the model needs it after a power loss.
