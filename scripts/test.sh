@@ -119,7 +119,7 @@ fi
 if CXX=clang++ configure build-fuzz -Dtests=false -Dsanitize=false -Dtsan=false -Dfuzz=true &&
     ninja -C build-fuzz; then
   # The image targets take whole images: 64 KiB hold a few small tables.
-  # fuzz_requests reads at most 48 requests of a few bytes.
+  # fuzz_requests reads at most 32 requests of a few bytes.
   fuzz fuzz_header 4096
   fuzz fuzz_translate 65536
   fuzz fuzz_check 65536

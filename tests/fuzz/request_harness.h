@@ -74,8 +74,9 @@ public:
   // Any disagreement with the model aborts (fuzz::fail).
   void run(const std::vector<Request> &requests);
 
-  // At most this many reopens per run, so a run stays cheap.
-  static constexpr unsigned kMaxReopens = 3;
+  // At most this many reopens per run, so a run stays cheap (two still make
+  // a power loss during the repair of the state another power loss left).
+  static constexpr unsigned kMaxReopens = 2;
 
 private:
   // A request that changed the disk, as the model needs it after a power loss.
