@@ -118,9 +118,9 @@ done
 ls -l "$here"/corpus/fuzz_check/seed-*.qed
 
 # fuzz_requests: request sequences in its input format (fuzz_requests.cpp,
-# request_harness.h), one per scenario (geometry x backing file), each using
-# every kind of request, a clean reopen, power losses at the end of the log
-# and inside it, and a growing reopen.
+# request_harness.h) for every scenario (geometry x backing file), using every
+# kind of request, clean and growing reopens, and power losses at the end of
+# the log and inside it.
 mkdir -p "$here/corpus/fuzz_requests"
 /usr/bin/python3 - "$here/corpus/fuzz_requests" <<'PY'
 import struct, sys
@@ -157,18 +157,24 @@ near_end = lambda back: place(3, back, 0, 300)                    # 300 bytes ne
 span_edge = lambda s: place(2 | (0x3f << 2), s, 3 | (3 << 2))     # across an L2 span, 2 KiB
 anywhere = lambda raw: place(0, raw, 2, 5000)
 
+# Three per scenario, each with at most two reopens (what a run takes):
+# a clean one then a growing one; a power loss at the end of the log (what
+# was not synced is lost) then one inside it (torn); a power loss inside the
+# log then a clean reopen.
 for g in range(4):
     for below in range(3):
-        seq = bytes([g + 4 * below, (g + below) % 3])
-        seq += write(2, False, edge(0)) + write(0, False, place(1 | (0x3e << 2), 1, 0, 100))
-        seq += read(edge(0)) + flush() + write(1, True, span_edge(1))
-        seq += zero(1, edge(3)) + zero(0, anywhere(123456)) + trim(False, edge(2))
-        seq += extents(2, place(0, 0)) + read(anywhere(777))
-        seq += reopen() + read(edge(1)) + write(0, False, near_end(10))
-        seq += reopen(crash=True, point=0, survival=0)               # at the end, unsynced lost
-        seq += read(near_end(100)) + zero(2, edge(5)) + write(2, False, edge(6))
-        seq += reopen(crash=True, point=200, survival=2, seed=g)      # inside the log, torn
-        seq += reopen(grow=g + 1) + write(0, True, near_end(0)) + extents(1 | (3 << 2), edge(0))
-        seq += trim(True, edge(0)) + read(edge(0))
-        open('%s/seed-g%d-b%d' % (out, g, below), 'wb').write(seq)
+        head = bytes([g + 4 * below, (g + below) % 3])
+        work = (write(2, False, edge(0)) + write(0, False, place(1 | (0x3e << 2), 1, 0, 100)) +
+                read(edge(0)) + flush() + write(1, True, span_edge(1)) + zero(1, edge(3)) +
+                zero(0, anywhere(123456)) + trim(False, edge(2)) + extents(2, place(0, 0)))
+        more = (read(anywhere(777)) + write(0, False, near_end(10)) + zero(2, edge(5)) +
+                write(2, False, edge(6)) + extents(1 | (3 << 2), edge(0)) + trim(True, edge(0)))
+        seqs = {
+            'clean-grow': work + reopen() + more + reopen(grow=g + 1) + write(0, True, near_end(0)),
+            'lost-torn': work + reopen(crash=True) + more + reopen(crash=True, point=200, survival=2, seed=g),
+            'torn-clean': work + more + reopen(crash=True, point=160 + 8 * g, survival=2, seed=g) +
+                          read(edge(0)) + reopen() + read(edge(1)),
+        }
+        for name, seq in seqs.items():
+            open('%s/seed-g%d-b%d-%s' % (out, g, below, name), 'wb').write(head + seq)
 PY
