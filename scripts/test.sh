@@ -94,16 +94,19 @@ fuzz() {
   local status=$?
   runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
   rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log")
-  secs=$(grep -Eo 'Done [0-9]+ runs in [0-9]+ second' "$log" | tail -1 | grep -Eo '[0-9]+ second' | grep -Eo '[0-9]+')
-  read -r cov ft < <(grep -E '#[0-9]+[[:space:]]+DONE' "$log" | tail -1 | sed -E 's/.*cov: ([0-9]+) ft: ([0-9]+).*/\1 \2/')
-  if [[ $status -eq 0 && -n $runs ]] &&
-      ! grep -Eq 'ERROR: (libFuzzer|LeakSanitizer|AddressSanitizer)|deadly signal|runtime error:|fuzz finding:' "$log"; then
-    echo "fuzz $t: ${runs} runs in ${secs:-?} s, ${rate} exec/s, cov ${cov:-?} ft ${ft:-?}, no crash"
+  secs=$(grep -Eo 'Done [0-9]+ runs in [0-9]+ second' "$log" | tail -1 | grep -Eo ' [0-9]+ s' |
+    grep -Eo '[0-9]+')
+  read -r cov ft < <(grep -E '#[0-9]+[[:space:]]+DONE' "$log" | tail -1 |
+    sed -E 's/.*cov: ([0-9]+) ft: ([0-9]+).*/\1 \2/')
+  local bad='ERROR: (libFuzzer|LeakSanitizer|AddressSanitizer)|deadly signal|runtime error:'
+  bad+='|fuzz finding:'
+  if [[ $status -eq 0 && -n $runs ]] && ! grep -Eq "$bad" "$log"; then
+    echo "fuzz $t: ${runs} runs in ${secs:-?} s, ${rate} exec/s, cov ${cov:-?} ft ${ft:-?}, clean"
     echo "fuzz-$t OK" >>"$extra"
   else
     grep -E 'fuzz finding:|ERROR:|SUMMARY:|runtime error:|Test unit written' "$log" | head -20
     tail -40 "$log"
-    echo "fuzz $t: FAILED (exit status $status; ${runs:-no} runs; the input is in build-fuzz/)"
+    echo "fuzz $t: FAILED (status $status, ${runs:-no} runs; the input is in build-fuzz/)"
     echo "fuzz-$t FAIL" >>"$extra"
   fi
   rm -rf "$corpus" "$log"

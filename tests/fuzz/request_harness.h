@@ -14,27 +14,9 @@
 #include "disk_model.h"
 #include "fault_file.h"
 #include "image.h"
+#include "request_world.h"
 
 namespace fuzz {
-
-struct GeometryChoice {
-  uint32_t cluster_size;
-  uint32_t table_size;
-  uint64_t disk_bytes;
-};
-
-// Small disks that still span several L2 tables where the geometry allows,
-// and end inside a cluster. Small tables too: a run costs about the table
-// entries its checks walk (the big-cluster arithmetic is the other targets').
-inline constexpr GeometryChoice kGeometries[] = {
-    {4096, 1, (5u << 20) - 1536},  // three L2 tables of 2 MiB
-    {4096, 2, (9u << 20) + 512},   // three of 4 MiB, the last one barely used
-    {8192, 1, 3u << 20},
-    {16384, 1, (4u << 20) + 3584},
-};
-inline constexpr size_t kGeometryCount = sizeof kGeometries / sizeof kGeometries[0];
-
-enum Below { kNoBacking, kRawBacking, kQedBacking, kBelowCount };
 
 // Where a request goes, as the input says it: resolved against the disk as it
 // is when the request runs (its size changes when it grows).
@@ -62,10 +44,6 @@ struct Request {
   // the operations after the last sync fare, and the seed of the tearing.
   uint8_t point = 0, survival = 0, seed = 0;
 };
-
-// Backing files and fresh images, made once per process in a temporary folder
-// (the images name their backing files relative to themselves).
-void make_world();
 
 class Harness {
 public:
