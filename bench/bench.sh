@@ -24,6 +24,7 @@ ONLY=
 SIZE=
 RUNTIME=
 QEMU_OPTS="--cache=writeback --aio=threads -e 16"
+BACKING_CONNECTIONS=8
 
 usage() {
   cat <<EOF
@@ -38,7 +39,9 @@ Usage: bench/bench.sh [options]
   --size SIZE       image size (default 1G, --quick 64M); suffix K/M/G
   --runtime SEC     seconds per fio run (default 10, --quick 2)
   --cache-size SIZE plugin cache-size= (default 64M)
-  --only LIST       comma list of sections to run: 1,2,3,4,5,6,7a,7b,mem,scale
+  --only LIST       comma list of sections to run: 1,2,3,4,5,6,7a,7b,nbd,mem,scale
+  --backing-connections N
+                    plugin backing-connections= in the nbd section (default 8)
   --cache-dir DIR   where the random source data is cached
                     (default \${XDG_CACHE_HOME:-~/.cache}/nbdkit-qed-bench)
   --workdir DIR     parent of the temporary work directory (default \${TMPDIR:-/var/tmp})
@@ -72,6 +75,8 @@ while [ $# -gt 0 ]; do
     --cache-dir=*) CACHE_DIR=${1#*=} ;;
     --workdir) WORK_PARENT=$2; shift ;;
     --workdir=*) WORK_PARENT=${1#*=} ;;
+    --backing-connections) BACKING_CONNECTIONS=$2; shift ;;
+    --backing-connections=*) BACKING_CONNECTIONS=${1#*=} ;;
     --qemu-opts) QEMU_OPTS=$2; shift ;;
     --qemu-opts=*) QEMU_OPTS=${1#*=} ;;
     --keep) KEEP=1 ;;
@@ -189,6 +194,7 @@ declare -A IMG=([ours]=$WORK/ours.qed [qemu]=$WORK/qemu.qed [raw]=$WORK/raw.img)
 declare -A FULL=([ours]=0 [qemu]=0 [raw]=0)   # image fully allocated with $RAND?
 
 SRV_PID='' SRV_URI='' SRV_LOG='' SRV_OPEN_MS='' SRV_HWM_KB='' SRV_RC='' SRV_DIED=0
+OURS_EXTRA=()   # more plugin keys for "ours" (the nbd section sets allow-backing=network)
 CASE_VAL='' CASE_ERR=''
 
 # start_server KIND IMAGE: run it in the foreground (so $! is the server) on
@@ -201,10 +207,12 @@ start_server() {
   SRV_LOG=$WORK/$kind.$NSOCK.log
   local -a cmd
   case $kind in
-    ours) cmd=(nbdkit -f --exit-with-parent -U "$sock" "$PLUGIN" file="$img" cache-size="$CACHE_SIZE") ;;
+    ours) cmd=(nbdkit -f --exit-with-parent -U "$sock" "$PLUGIN" file="$img" cache-size="$CACHE_SIZE"
+               "${OURS_EXTRA[@]}") ;;
     qemu) # shellcheck disable=SC2206
           cmd=(qemu-nbd -t -k "$sock" -f qed $QEMU_OPTS "$img") ;;
     raw)  cmd=(nbdkit -f --exit-with-parent -U "$sock" file file="$img") ;;
+    base) cmd=(nbdkit -f --exit-with-parent -r -U "$sock" file file="$img") ;;
   esac
   echo "+ ${cmd[*]}" >"$SRV_LOG"
   [ "$SYNC" = 1 ] && sync -f "$img"
@@ -486,10 +494,76 @@ run_scale() {
   done
 }
 
+# ------------------------------------------- backing file on an NBD server
+declare -A NBD=()
+NBD_ORDER=(8a 8b)
+declare -A NBD_NAME=(
+  [8a]="sequential read (nbdcopy to null:)"
+  [8b]="4k random read, QD32"
+)
+declare -A NBD_UNIT=([8a]=MiB/s [8b]=IOPS)
+
+median() {  # median VALUE...: of the values given (empty if none)
+  printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
+    if (NR == 0) exit; if (NR % 2) print v[(NR + 1) / 2]; else printf "%.1f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+# nbd_case ID KIND IMAGE: a fresh KIND server on the overlay, one workload; the
+# values of all repeats are kept and the median is reported (the ratio is what
+# this section is for, and medians move less than maxima on a busy machine).
+nbd_case() {
+  local id=$1 kind=$2 img=$3 ok=1
+  CASE_VAL='' CASE_ERR=''
+  start_server "$kind" "$img" || { ERR[$id,$kind]=$CASE_ERR; FAILED=1; log "  $kind: FAILED: $CASE_ERR"; return; }
+  case $id in
+    8a) copy_out ;;
+    8b) fio_run randread timed "$SIZE_B" ;;
+  esac || { ok=0; CASE_ERR="client failed: $(grep -v '^+ ' "$WORK/client.log" | tail -n 4 | tr '\n' ' ')"; }
+  stop_server
+  if [ "$SRV_DIED" = 1 ] || { [ "$SRV_RC" != 0 ] && [ $ok = 1 ]; }; then
+    ok=0; CASE_ERR="${CASE_ERR:+$CASE_ERR; }server exited with status $SRV_RC: $(grep -v '^+ ' "$SRV_LOG" | tail -n 4 | tr '\n' ' ')"
+  fi
+  if [ $ok = 1 ]; then
+    log "  $kind: $CASE_VAL ${NBD_UNIT[$id]}"
+    NBD[$id,$kind]="${NBD[$id,$kind]:-} $CASE_VAL"
+  else
+    ERR[$id,$kind]=$CASE_ERR; FAILED=1; log "  $kind: FAILED: $CASE_ERR"
+  fi
+}
+
+# An empty overlay (every read goes to the base) whose raw base, the random
+# data, is served read-only by nbdkit's file plugin on a Unix socket; ours and
+# qemu-nbd serve the same overlay in turn (QEMU opens the base with its own
+# NBD client, one connection).
+run_nbd() {
+  want nbd || return 0
+  local id rep kind base_pid base_uri img=$WORK/nbd-top.qed
+  ensure_base
+  log "backing file on an NBD server: $SIZE raw base served by nbdkit file, empty overlay"
+  if ! start_server base "$WORK/base.raw"; then
+    ERR[8a,ours]="base server: $CASE_ERR"; FAILED=1; log "  base: FAILED: $CASE_ERR"; return
+  fi
+  base_pid=$SRV_PID base_uri=$SRV_URI
+  rm -f "$img"
+  qed_create -b "$base_uri" -F raw "$img"
+  OURS_EXTRA=(allow-backing=network backing-connections="$BACKING_CONNECTIONS")
+  for id in "${NBD_ORDER[@]}"; do
+    log "workload $id: ${NBD_NAME[$id]}, overlay over an NBD base"
+    for ((rep = 1; rep <= REPEAT; rep++)); do
+      for kind in ours qemu; do nbd_case "$id" "$kind" "$img"; done
+    done
+  done
+  OURS_EXTRA=()
+  SRV_PID=$base_pid
+  stop_server
+  rm -f "$img"
+}
+
 # ------------------------------------------------------------------ run
 log "plugin $PLUGIN; image $SIZE; fio runtime ${RUNTIME}s; repeat $REPEAT; work dir $WORK"
 START=$(now)
 for id in "${RUN_ORDER[@]}"; do run_workload "$id"; done
+run_nbd
 run_mem
 run_scale
 
@@ -516,13 +590,37 @@ report() {
   echo "- qemu: \`qemu-nbd -t -k SOCK -f qed $QEMU_OPTS IMG\`; raw: \`nbdkit -f -U SOCK file file=IMG\`"
   echo "- $(nbdkit --version | head -n 1); $(qemu-nbd --version | head -n 1); $(nbdcopy --version | head -n 1); $(fio --version)"
   echo
-  echo "| # | workload | unit | ours | qemu-nbd | raw (file) | ours/qemu | ours/raw |"
-  echo "|---|---|---|--:|--:|--:|--:|--:|"
+  local any=0
+  for id in "${WL_ORDER[@]}"; do want "$id" && any=1; done
+  [ $any = 1 ] && echo "| # | workload | unit | ours | qemu-nbd | raw (file) | ours/qemu | ours/raw |"
+  [ $any = 1 ] && echo "|---|---|---|--:|--:|--:|--:|--:|"
   for id in "${WL_ORDER[@]}"; do
     want "$id" || continue
     echo "| $id | ${WL_NAME[$id]} | ${WL_UNIT[$id]} | $(cell "$id,ours") | $(cell "$id,qemu") | $(cell "$id,raw") |" \
          "$(ratio "${RES[$id,ours]:-}" "${RES[$id,qemu]:-}") | $(ratio "${RES[$id,ours]:-}" "${RES[$id,raw]:-}") |"
   done
+  if want nbd; then
+    echo
+    echo "Backing file on an NBD server: an empty overlay (every read goes to the base) over the $SIZE" \
+         "raw base served by \`nbdkit -r file\` on a Unix socket; ours with allow-backing=network" \
+         "backing-connections=$BACKING_CONNECTIONS, qemu-nbd opening the same overlay (QEMU's NBD client, one connection)."
+    echo
+    echo "Medians of $REPEAT run(s) each, ours and qemu-nbd interleaved."
+    echo
+    echo "| # | workload | unit | ours | qemu-nbd | ours/qemu |"
+    echo "|---|---|---|--:|--:|--:|"
+    for id in "${NBD_ORDER[@]}"; do
+      # shellcheck disable=SC2086
+      local o q mo mq
+      mo=$(median ${NBD[$id,ours]:-}) mq=$(median ${NBD[$id,qemu]:-})
+      o=$mo q=$mq
+      [ -z "$o" ] && [ -n "${ERR[$id,ours]:-}" ] && o=FAIL
+      [ -z "$q" ] && [ -n "${ERR[$id,qemu]:-}" ] && q=FAIL
+      echo "| $id | ${NBD_NAME[$id]} | ${NBD_UNIT[$id]} | ${o:--} | ${q:--} | $(ratio "$mo" "$mq") |"
+    done
+    echo
+    echo "ours/qemu-nbd, 4k random read QD32, over an NBD base: $(ratio "$(median ${NBD[8b,ours]:-})" "$(median ${NBD[8b,qemu]:-})") (target >= 1.5)"
+  fi
   if want mem || want 5; then
     echo
     echo "Memory: peak RSS (VmHWM, MiB) of each server, read just before stopping it (plugin cache-size=$CACHE_SIZE)."

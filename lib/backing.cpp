@@ -1,7 +1,5 @@
 #include "backing.h"
 
-#include <sys/stat.h>
-
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -64,17 +62,14 @@ std::string probe_format(const uint8_t *b, size_t n) {
   return "raw";
 }
 
-Status enter_chain(ChainState &chain, const std::string &path) {
-  struct stat st;
-  if (::stat(path.c_str(), &st) < 0)
-    return Status::io_error(path + ": " + std::strerror(errno), errno);
-  for (const auto &[dev, ino] : chain.files)
-    if (dev == st.st_dev && ino == st.st_ino)
-      return Status::corruption(path + ": backing file loop: this file is already in the chain");
+Status enter_chain(ChainState &chain, const std::string &identity, const std::string &name) {
+  for (const std::string &seen : chain.identities)
+    if (seen == identity)
+      return Status::corruption(name + ": backing file loop: this file is already in the chain");
   if (chain.depth >= kMaxChainDepth)
-    return Status::not_supported(path + ": backing chain is deeper than " +
+    return Status::not_supported(name + ": backing chain is deeper than " +
                                  std::to_string(kMaxChainDepth) + " images");
-  chain.files.emplace_back(st.st_dev, st.st_ino);
+  chain.identities.push_back(identity);
   chain.depth++;
   return Status::ok();
 }
@@ -88,14 +83,45 @@ std::string canonical_or_same(const std::string &path) {
   return real ? std::string(real.get()) : path;
 }
 
-Result<std::unique_ptr<BlockSource>> open_backing_file(const std::string &path, bool raw,
-                                                       const OpenOptions &options,
-                                                       ChainState &chain) {
-  std::string format = "raw";
-  if (!raw) {
-    auto file = open_posix_file(path, OpenMode::kReadOnly);
-    if (!file)
-      return file.status();
+// Which store opens `name`, and under which name: a URI as written, a local
+// name resolved against the image's folder.
+struct Located {
+  BackingStore *store;
+  std::string name;
+};
+
+Result<Located> locate(const std::string &image_path, const std::string &name,
+                       const BackingStores &stores, const ChainState &chain) {
+  if (is_uri(name)) {
+    if (!stores.network)
+      return Status::not_supported("network backing files are not enabled");
+    return Located{stores.network.get(), name};
+  }
+  if (chain.network)
+    return Status::not_supported(
+        "a local backing file below a network image is refused (it would let the remote "
+        "image read local files); its backing file must be a URI");
+  if (!stores.local)
+    return Status::not_supported("local backing files are not enabled");
+  return Located{stores.local.get(), canonical_or_same(resolve_backing_path(image_path, name))};
+}
+
+// How the format of a backing file is known.
+enum class Format { kProbe, kRaw, kQed };
+
+Result<std::unique_ptr<BlockSource>> open_located(const Located &at, Format how,
+                                                  const OpenOptions &options, ChainState &chain) {
+  auto identity = at.store->identity(at.name);
+  if (!identity)
+    return identity.status();
+  QED_RETURN_IF_ERROR(enter_chain(chain, *identity, at.name));
+  if (is_uri(at.name))
+    chain.network = true;
+  auto file = at.store->open(at.name);
+  if (!file)
+    return file.status();
+  std::string format = how == Format::kQed ? "qed" : "raw";
+  if (how == Format::kProbe) {
     uint8_t head[512];
     QED_RETURN_IF_ERROR((*file)->pread(head, sizeof head, 0));
     format = probe_format(head, sizeof head);
@@ -104,22 +130,28 @@ Result<std::unique_ptr<BlockSource>> open_backing_file(const std::string &path, 
     OpenOptions below = options;
     below.read_only = true;
     below.grow_to = 0;
-    auto image = Image::open_in_chain(path, below, chain);
+    below.backing_override.reset();  // it replaces one level only
+    auto image = Image::open_file(at.name, std::move(*file), below, chain);
     if (!image)
       return image.status();
     return std::unique_ptr<BlockSource>(std::move(*image));
   }
   if (format != "raw")
-    return Status::not_supported(path + " is in " + format +
+    return Status::not_supported(at.name + " is in " + format +
                                  " format; only raw and qed backing files are supported");
-  QED_RETURN_IF_ERROR(enter_chain(chain, path));
-  auto file = open_posix_file(path, OpenMode::kReadOnly);
-  if (!file)
-    return file.status();
   auto size = (*file)->size();
   if (!size)
     return size.status();
   return std::unique_ptr<BlockSource>(std::make_unique<RawSource>(std::move(*file), *size));
+}
+
+Result<std::unique_ptr<BlockSource>> open_named(const std::string &image_path,
+                                                const std::string &name, Format how,
+                                                const OpenOptions &options, ChainState &chain) {
+  auto at = locate(image_path, name, options.backing_stores, chain);
+  if (!at)
+    return at.status();
+  return open_located(*at, how, options, chain);
 }
 
 }  // namespace
@@ -127,10 +159,25 @@ Result<std::unique_ptr<BlockSource>> open_backing_file(const std::string &path, 
 Result<std::unique_ptr<BlockSource>> open_backing(const std::string &image_path,
                                                   const std::string &name, bool raw,
                                                   const OpenOptions &options, ChainState &chain) {
-  auto source = open_backing_file(canonical_or_same(resolve_backing_path(image_path, name)), raw,
-                                  options, chain);
+  auto source = open_named(image_path, name, raw ? Format::kRaw : Format::kProbe, options, chain);
   if (!source)
     return source.status().with_context(image_path + ": backing file \"" + name + "\"");
+  return source;
+}
+
+Result<std::unique_ptr<BlockSource>> open_backing_override(const std::string &image_path,
+                                                           const std::string &name, bool raw,
+                                                           const BackingOverride &base,
+                                                           const OpenOptions &options,
+                                                           ChainState &chain) {
+  using Given = BackingOverride::Format;
+  const Format how = base.format == Given::kQed                   ? Format::kQed
+                     : base.format == Given::kRaw || raw ? Format::kRaw
+                                                                  : Format::kProbe;
+  auto source = open_named(image_path, base.path, how, options, chain);
+  if (!source)
+    return source.status().with_context(image_path + ": backing file \"" + name +
+                                        "\" (replaced by " + base.path + ")");
   return source;
 }
 

@@ -1,14 +1,14 @@
-// Opening the backing file named by an image: resolving its name, choosing
-// its format, refusing loops and formats we cannot read.
+// Opening the backing file named by an image: telling a URI from a local
+// name, resolving local names, choosing the store (backing_store.h) and the
+// format, refusing loops and formats we cannot read.
 #pragma once
-
-#include <sys/types.h>
 
 #include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "backing_store.h"
 #include "block_source.h"
 #include "file.h"
 
@@ -16,10 +16,29 @@ namespace qed {
 
 struct OpenOptions;
 
+// A base chosen by the caller in place of the backing file the top image
+// names. For front ends to which that name means nothing: the filter reads
+// the image from a plugin, so a relative name is relative to nothing it knows,
+// and an absolute one points at whatever happens to be on the server.
+struct BackingOverride {
+  enum class Format {
+    kAsImageSays,  // raw if the image says so, otherwise probed
+    kRaw,
+    kQed,          // must be a QED image; never probed
+  };
+  std::string path;  // a local file; relative paths are relative to the cwd
+  Format format = Format::kAsImageSays;
+};
+
 // The files already open in one chain, to refuse loops.
 struct ChainState {
-  std::vector<std::pair<dev_t, ino_t>> files;
+  // BackingStore::identity() of each: device and inode for local files (so
+  // another name for the same file is a loop), the URI for network ones.
+  std::vector<std::string> identities;
   unsigned depth = 0;
+  // A network image is in the chain: the names below it must be URIs, so
+  // that a remote image cannot make us read local files.
+  bool network = false;
 };
 
 inline constexpr unsigned kMaxChainDepth = 64;
@@ -46,14 +65,23 @@ std::string resolve_backing_path(const std::string &image_path, const std::strin
 // of a format we refuse.
 std::string probe_format(const uint8_t *bytes, size_t count);
 
-// Records `path` in the chain; fails if it is there already or the chain is
-// too deep.
-Status enter_chain(ChainState &chain, const std::string &path);
+// Records the file `name` with `identity` in the chain; fails if it is there
+// already or the chain is too deep.
+Status enter_chain(ChainState &chain, const std::string &identity, const std::string &name);
 
-// Opens the backing file of an image, read-only. `raw` is true when the
-// image says the backing file is raw (never probed).
+// Opens the backing file of an image, read-only, through options.backing_stores.
+// `raw` is true when the image says the backing file is raw (never probed).
 Result<std::unique_ptr<BlockSource>> open_backing(const std::string &image_path,
                                                   const std::string &name, bool raw,
                                                   const OpenOptions &options, ChainState &chain);
+
+// Opens `base` as the backing file of the image at `image_path`, whose header
+// names `name` (kept for messages) with the raw flag `raw`. The override
+// applies to this one level: what `base` itself names is opened as usual.
+Result<std::unique_ptr<BlockSource>> open_backing_override(const std::string &image_path,
+                                                           const std::string &name, bool raw,
+                                                           const BackingOverride &base,
+                                                           const OpenOptions &options,
+                                                           ChainState &chain);
 
 }  // namespace qed

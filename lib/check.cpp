@@ -132,10 +132,14 @@ Status Checker::walk_l1() {
           .append(std::to_string(e))
           .append(")");
     };
-    if (invalid_offset(e) || e > file_size_ || tb > file_size_ - e) {
+    if (invalid_offset(e)) {
       report_.invalid_entries++;
+      problem([&] { return where() + ": misaligned or inside the header; entry cleared"; });
+      updates_.push_back({at, 0});
+    } else if (e > file_size_ || tb > file_size_ - e) {
+      report_.interrupted_entries++;
       problem([&] {
-        return where() + ": invalid offset or table past the end of the file; entry cleared";
+        return where() + ": table past the end of the file (an interrupted write); entry cleared";
       });
       updates_.push_back({at, 0});
     } else if (any_used(e / cs_, geo_.table_size_clusters())) {
@@ -166,7 +170,7 @@ void Checker::check_l2_entry(uint64_t at, uint64_t e, uint64_t vpos) {
     problem([&] { return where() + ": misaligned or inside the header; entry cleared"; });
     updates_.push_back({at, 0});
   } else if (e > file_size_ || cs_ > file_size_ - e) {
-    report_.invalid_entries++;
+    report_.interrupted_entries++;
     problem([&] {
       return where() + ": past the end of the file (an interrupted write); entry cleared";
     });
@@ -296,6 +300,7 @@ std::string CheckReport::summary() const {
   return std::to_string(l2_tables) + " L2 tables, " + std::to_string(data_clusters) +
          " data clusters, " + std::to_string(zero_clusters) + " zero clusters; " +
          std::to_string(invalid_entries) + " invalid entries, " +
+         std::to_string(interrupted_entries) + " entries past the end of the file, " +
          std::to_string(duplicate_refs) + " duplicate references, " +
          std::to_string(leaked_clusters) + " leaked clusters; " + std::to_string(repaired) +
          " repaired, " + std::to_string(reclaimed_bytes) + " bytes reclaimed";

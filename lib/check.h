@@ -1,6 +1,6 @@
 // The consistency check and repair of a QED image.
 //
-// Invariants checked (see ../shared/docs/qed-format.md): every L1 and L2 entry
+// Invariants checked (see docs/qed-format.md): every L1 and L2 entry
 // is 0, 1 (L2 only) or a cluster-aligned offset past the header whose cluster
 // or table lies inside the file; no cluster is referenced twice (by the
 // header, the L1 table, an L2 table or an L2 entry); and clusters nothing
@@ -33,7 +33,8 @@ struct CheckReport {
   uint64_t l2_tables = 0;           // valid L2 tables walked
   uint64_t data_clusters = 0;       // valid, unique data references
   uint64_t zero_clusters = 0;       // L2 entries of 1
-  uint64_t invalid_entries = 0;     // misaligned, in the header, past the end
+  uint64_t invalid_entries = 0;     // misaligned, or inside the header
+  uint64_t interrupted_entries = 0; // a cluster or table past the end of the file
   uint64_t duplicate_refs = 0;      // references to a cluster already in use
   uint64_t leaked_clusters = 0;
   uint64_t repaired = 0;            // problems fixed (entries, duplicates, leaks)
@@ -42,8 +43,11 @@ struct CheckReport {
   // counting the rest (the counts above are always exact).
   std::vector<std::string> problems;
 
-  // True when nothing but leaks was found.
+  // True when nothing was found but what a crash normally leaves: leaks, and
+  // entries pointing past the end of the file (they read as unallocated).
   bool consistent() const { return invalid_entries == 0 && duplicate_refs == 0; }
+  // True when nothing but leaks was found.
+  bool clean() const { return consistent() && interrupted_entries == 0; }
   // One-line summary.
   std::string summary() const;
 };

@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "backing.h"
+#include "backing_store.h"
 #include "file.h"
 #include "format.h"
 
@@ -35,13 +36,20 @@ Status check_options(const std::string &path, const CreateOptions &o, uint64_t s
   return Status::ok();
 }
 
-// The backing file's format and size, by looking at it.
+// The backing file's format and size, by looking at it through the store
+// that would open it (a URI through the network store, unresolved).
 Status inspect_backing(const std::string &path, const CreateOptions &o, std::string &format,
                        uint64_t &size) {
-  const std::string backing = resolve_backing_path(path, o.backing_file);
-  auto file = open_posix_file(backing, OpenMode::kReadOnly);
+  const bool uri = is_uri(o.backing_file);
+  const std::string backing = uri ? o.backing_file : resolve_backing_path(path, o.backing_file);
+  BackingStore *store = uri ? o.backing_stores.network.get() : o.backing_stores.local.get();
+  if (!store)
+    return Status::not_supported(path + ": backing file \"" + o.backing_file + "\": " +
+                                 (uri ? "network" : "local") + " backing files are not enabled");
+  auto file = store->open(backing);
   if (!file)
-    return file.status().with_context(path + ": cannot open backing file");
+    return file.status().with_context(path + ": cannot open backing file \"" + o.backing_file +
+                                      "\"");
   uint8_t head[512];
   QED_RETURN_IF_ERROR((*file)->pread(head, sizeof head, 0));
   const std::string probed = probe_format(head, sizeof head);
@@ -89,7 +97,7 @@ Status create_image(const std::string &path, const CreateOptions &o) {
   QED_RETURN_IF_ERROR(check_options(path, o, size));
 
   if (o.overwrite && ::unlink(path.c_str()) < 0 && errno != ENOENT)
-    return Status::io_error(path + ": cannot remove the existing file: " + std::strerror(errno), errno);
+    return Status::io_error(path + ": cannot remove the existing file: " + errno_text(errno), errno);
   auto file = open_posix_file(path, OpenMode::kCreate);
   if (!file) {
     if (file.status().errno_value() == EEXIST)

@@ -5,6 +5,7 @@
 
 #include <string>
 
+#include "backing_store.h"
 #include "status.h"
 
 namespace qed {
@@ -16,6 +17,7 @@ struct CreateOptions {
   std::string backing_file;    // as stored in the header; empty for none
   std::string backing_format;  // "raw", "qed", or empty to probe the file
   bool overwrite = false;      // replace an existing file
+  BackingStores backing_stores;  // opens backing_file to learn its format and size
 };
 
 // Fails, leaving nothing behind, if the options are invalid, the file exists

@@ -36,8 +36,11 @@ public:
   // Sets the size, discarding or zero-extending the tail.
   virtual Status truncate(uint64_t size) = 0;
   // Grows the file to at least `size` bytes without touching any byte that is
-  // already there, even while other threads write near the end.
-  virtual Status extend_to(uint64_t size) = 0;
+  // already there, and never making the file shorter than any write made to
+  // it, even while other threads write past its end. When the file must grow,
+  // it may grow to `preferred` (if larger) instead, so that later calls find
+  // it long enough and cost nothing.
+  virtual Status extend_to(uint64_t size, uint64_t preferred = 0) = 0;
   // Deallocates the range; it then reads as zeroes. kNotSupported if the file
   // system cannot.
   virtual Status punch_hole(uint64_t offset, uint64_t count) = 0;

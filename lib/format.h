@@ -7,7 +7,7 @@
 //   32 u64 autoclear_features   40 u64 l1_table_offset (bytes)
 //   48 u64 image_size (bytes)   56 u32 backing_filename_offset (bytes)
 //   60 u32 backing_filename_size (bytes)
-// See ../shared/docs/qed-format.md for the rules each field must follow.
+// See docs/qed-format.md for the rules each field must follow.
 #pragma once
 
 #include <array>

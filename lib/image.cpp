@@ -28,6 +28,15 @@ Status Image::error_context(const Status &s) const {
   return s.with_context(path_);
 }
 
+Status Image::check_range(uint64_t pos, uint64_t count, const char *what) const {
+  const uint64_t size = geo_.image_size();
+  if (pos <= size && count <= size - pos)
+    return Status::ok();
+  return Status::invalid_argument(path_ + ": " + what + " of " + std::to_string(count) +
+                                  " bytes at offset " + std::to_string(pos) +
+                                  " is outside the disk (" + std::to_string(size) + " bytes)");
+}
+
 Result<std::unique_ptr<Image>> Image::open(const std::string &path, const OpenOptions &options) {
   ChainState chain;
   return open_in_chain(path, options, chain);
@@ -36,7 +45,10 @@ Result<std::unique_ptr<Image>> Image::open(const std::string &path, const OpenOp
 Result<std::unique_ptr<Image>> Image::open_in_chain(const std::string &path,
                                                     const OpenOptions &options,
                                                     ChainState &chain) {
-  QED_RETURN_IF_ERROR(enter_chain(chain, path));
+  auto identity = posix_identity(path);
+  if (!identity)
+    return identity.status();
+  QED_RETURN_IF_ERROR(enter_chain(chain, *identity, path));
   auto file = open_posix_file(path, options.read_only ? OpenMode::kReadOnly : OpenMode::kReadWrite);
   if (!file)
     return file.status();
@@ -63,22 +75,20 @@ Result<std::unique_ptr<Image>> Image::open_file(const std::string &path,
 }
 
 Status Image::load(const OpenOptions &options, ChainState &chain) {
-  std::lock_guard lock(flush_mu_);
-  if (!read_only_ && (header_.autoclear_features & ~kKnownAutoclearFeatures)) {
-    header_.autoclear_features &= kKnownAutoclearFeatures;
-    QED_RETURN_IF_ERROR(write_header_locked());
-    QED_RETURN_IF_ERROR(file_->sync());
+  {
+    std::lock_guard lock(flush_mu_);
+    if (!read_only_ && (header_.autoclear_features & ~kKnownAutoclearFeatures)) {
+      header_.autoclear_features &= kKnownAutoclearFeatures;
+      QED_RETURN_IF_ERROR(write_header_locked());
+      QED_RETURN_IF_ERROR(file_->sync());
+    }
+    QED_RETURN_IF_ERROR(run_check(options.check));
   }
-  QED_RETURN_IF_ERROR(run_check(options.check));
-  if (options.grow_to > header_.image_size && read_only_)
-    return Status::read_only(path_ + ": cannot grow an image opened read-only");
-  if (options.grow_to > header_.image_size)
-    QED_RETURN_IF_ERROR(grow(options.grow_to));
-  else if (options.grow_to && options.grow_to < header_.image_size)
-    return Status::invalid_argument(path_ + ": cannot shrink the image from " +
-                                    std::to_string(header_.image_size) + " to " +
-                                    std::to_string(options.grow_to) + " bytes");
 
+  if (options.backing_override && !header_.has_backing_file())
+    return Status::invalid_argument(path_ + ": the image has no backing file, so " +
+                                    options.backing_override->path +
+                                    " cannot stand in for one");
   if (header_.has_backing_file()) {
     if (!options.allow_backing)
       return Status::not_supported(path_ + ": the image has a backing file and backing files "
@@ -87,10 +97,22 @@ Status Image::load(const OpenOptions &options, ChainState &chain) {
     QED_RETURN_IF_ERROR(file_->pread(name.data(), name.size(), header_.backing_filename_offset));
     if (name.find('\0') != std::string::npos)
       return Status::corruption(path_ + ": backing file name contains a NUL byte");
-    auto backing = open_backing(path_, name, header_.backing_is_raw(), options, chain);
+    auto backing = options.backing_override
+                       ? open_backing_override(path_, name, header_.backing_is_raw(),
+                                               *options.backing_override, options, chain)
+                       : open_backing(path_, name, header_.backing_is_raw(), options, chain);
     if (!backing)
       return backing.status();
     backing_ = std::move(*backing);
+  }
+
+  // Growing needs the backing file's size, and comes before the tables are
+  // read, since the geometry changes.
+  if (options.grow_to && options.grow_to != header_.image_size) {
+    QED_RETURN_IF_ERROR(check_grow(options.grow_to));
+    if (read_only_)
+      return Status::read_only(path_ + ": cannot grow an image opened read-only");
+    QED_RETURN_IF_ERROR(grow(options.grow_to));
   }
 
   auto file_size = file_->size();
@@ -142,15 +164,33 @@ void Image::probe_hole_punching() {
   can_punch_ = size && file_->punch_hole(*size + geo_.cluster_size(), 4096).is_ok();
 }
 
+Status Image::check_grow(uint64_t new_size) const {
+  const uint64_t old = geo_.image_size();
+  const uint64_t rounded = (new_size + 511) / 512 * 512;
+  if (rounded < old)
+    return Status::invalid_argument(path_ + ": cannot shrink the image from " +
+                                    std::to_string(old) + " to " + std::to_string(new_size) +
+                                    " bytes; shrinking is not supported");
+  const uint64_t max = max_image_size(header_at_open_.cluster_size, header_at_open_.table_size);
+  if (rounded > max)
+    return Status::invalid_argument(
+        path_ + ": cannot grow to " + std::to_string(new_size) +
+        " bytes: the largest size for cluster size " +
+        std::to_string(header_at_open_.cluster_size) + " and table size " +
+        std::to_string(header_at_open_.table_size) + " is " + std::to_string(max) + " bytes");
+  if (rounded > old && backing_ && backing_->size() > old)
+    return Status::invalid_argument(
+        path_ + ": cannot grow from " + std::to_string(old) + " to " + std::to_string(rounded) +
+        " bytes: the backing file (" + backing_->description() + ") is " +
+        std::to_string(backing_->size()) +
+        " bytes, larger than the image, so the new space would show its data instead of "
+        "zeroes");
+  return Status::ok();
+}
+
 Status Image::grow(uint64_t new_size) {
+  std::lock_guard lock(flush_mu_);
   new_size = (new_size + 511) / 512 * 512;
-  const uint64_t max = max_image_size(header_.cluster_size, header_.table_size);
-  if (new_size > max)
-    return Status::invalid_argument(path_ + ": cannot grow to " + std::to_string(new_size) +
-                                    " bytes: the largest size for cluster size " +
-                                    std::to_string(header_.cluster_size) + " and table size " +
-                                    std::to_string(header_.table_size) + " is " +
-                                    std::to_string(max) + " bytes");
   const uint64_t old = header_.image_size;
   header_.image_size = new_size;
   Status s = write_header_locked();
@@ -215,8 +255,22 @@ Status Image::close() {
   std::lock_guard lock(flush_mu_);
   if (closed_ || read_only_)
     return Status::ok();
+  // After a failed flush nothing more is written: NEED_CHECK stays, and the
+  // next open repairs what the failure left.
   QED_RETURN_IF_ERROR(flush_locked());
-  if (needs_check_on_disk_ && may_mark_clean_)
+  // Leave no unused tail: the headroom flushes reserved, and clusters given
+  // back by failed allocations.
+  auto size = file_->size();
+  if (!size)
+    return error_context(size.status());
+  const uint64_t end = meta_->file_end();
+  if (*size > end) {
+    QED_RETURN_IF_ERROR(error_context(file_->truncate(end)));
+    QED_RETURN_IF_ERROR(error_context(file_->sync()));
+  }
+  // Clusters of failed allocations that something after them kept from going
+  // back: only the check can give them back, so the next open should run it.
+  if (needs_check_on_disk_ && may_mark_clean_ && !meta_->has_interior_leaks())
     QED_RETURN_IF_ERROR(mark_clean_locked());
   closed_ = true;  // only now: a failed close can be retried
   return Status::ok();

@@ -3,8 +3,9 @@
 //
 // Locks, in the order they may be taken:
 //   flush_mu_ (Image)  serialises flush(), close() and header rewrites; guards
-//                      header_ and needs_check_on_disk_.
+//                      header_, needs_check_on_disk_ and synced_.
 //   Metadata::mu_      guards all table state (see metadata.h).
+//   failure_mu_        guards failure_ (taken alone).
 // No lock is held during data I/O; flush_mu_ is held across metadata I/O only.
 // The crash-safety protocol is described at the top of image_write.cpp.
 #pragma once
@@ -39,8 +40,12 @@ struct OpenOptions {
   bool read_only = true;
   uint64_t cache_bytes = 64ull << 20;  // L2 cache budget per image in the chain
   bool allow_backing = true;           // false: refuse images with backing files
+  BackingStores backing_stores;        // where backing files are opened (backing_store.h)
   uint64_t grow_to = 0;                // read-write: grow the image to this size
   CheckPolicy check = CheckPolicy::kAuto;
+  // Opened instead of the backing file the image names (the image must have
+  // one). Applies to the image being opened only, not to its backing files.
+  std::optional<BackingOverride> backing_override;
 };
 
 struct ZeroFlags {
@@ -75,8 +80,13 @@ public:
   Status trim(uint64_t pos, uint64_t count, bool fua);
   // Makes every write completed before the call durable.
   Status flush();
-  // Flushes and marks the image clean; the image must not be used afterwards.
+  // Flushes, cuts the file back to what is in use and marks the image clean;
+  // the image must not be used afterwards.
   Status close();
+  // Whether growing to `new_size` (rounded up to 512) is possible: not a
+  // shrink, within the geometry's limit, and not over a backing file larger
+  // than the image (the new space would show its data).
+  Status check_grow(uint64_t new_size) const;
 
   const std::string &path() const { return path_; }
   const Geometry &geometry() const { return geo_; }
@@ -101,6 +111,8 @@ private:
   void probe_hole_punching();
 
   Status write_allocation(Allocation &a, const uint8_t *data, uint64_t pos, uint64_t count);
+  // Copies what lay below [vpos, vpos+count) to `host`, a chunk at a time.
+  Status copy_below(Run::Kind was, uint64_t vpos, uint64_t count, uint64_t host);
   // Reads what the clusters being allocated showed at [vpos, vpos+count) into
   // `out`; false when that is all zeroes (nothing to copy).
   Result<bool> read_below(Run::Kind was, uint64_t vpos, uint64_t count, uint8_t *out);
@@ -109,9 +121,18 @@ private:
   // Zeroes a run that was unallocated; returns the bytes done, fewer than
   // `count` when a concurrent write allocated a cluster of it.
   Result<uint64_t> zero_unallocated(uint64_t pos, uint64_t count);
+  // kNotSupported unless zeroing the range needs only metadata and punching.
+  Status check_fast_zero(uint64_t pos, uint64_t count);
+  // The failure every write and flush returns once a flush has failed.
+  Status refuse_if_failed() const;
+  // Enters that state (the first reason sticks); returns `why`, in context.
+  Status fail(const Status &why, const char *doing);
   Status writeback_if_needed();
   Status flush_locked();
   Status error_context(const Status &s) const;
+  // kInvalidArgument unless [pos, pos+count) lies within the disk (callers
+  // such as nbdkit check already; the engine does not rely on it).
+  Status check_range(uint64_t pos, uint64_t count, const char *what) const;
 
   const std::string path_;
   std::unique_ptr<File> file_;
@@ -131,6 +152,15 @@ private:
   // leave NEED_CHECK set for a later check.
   bool may_mark_clean_ = true;        // guarded by flush_mu_
   bool closed_ = false;               // guarded by flush_mu_
+  uint64_t synced_ = 0;               // guarded by flush_mu_: written_ at the last sync
+
+  // File changes by writes, zeroes and trims, counted when they complete.
+  std::atomic<uint64_t> written_{0};
+
+  // Set once, when a flush failed; then failure_ is what writes return.
+  std::atomic<bool> failed_{false};
+  mutable std::mutex failure_mu_;
+  Status failure_;  // guarded by failure_mu_
 };
 
 }  // namespace qed

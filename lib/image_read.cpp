@@ -7,6 +7,7 @@
 namespace qed {
 
 Status Image::read(void *buf, size_t count, uint64_t pos) {
+  QED_RETURN_IF_ERROR(check_range(pos, count, "read"));
   auto *out = static_cast<uint8_t *>(buf);
   while (count > 0) {
     auto run = meta_->lookup(pos, count);
@@ -35,6 +36,7 @@ Status Image::read(void *buf, size_t count, uint64_t pos) {
 }
 
 Result<std::vector<Extent>> Image::extents(uint64_t pos, uint64_t count, size_t max) {
+  QED_RETURN_IF_ERROR(check_range(pos, count, "extents query"));
   std::vector<Extent> out;
   while (count > 0 && out.size() < max) {
     auto run = meta_->lookup(pos, count);

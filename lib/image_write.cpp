@@ -3,30 +3,53 @@
 // Crash-safety protocol
 // ---------------------
 // Clusters are only ever appended: a new cluster (data or L2 table) is
-// reserved at the end of the file and never moves or is reused while the image
-// is open. Metadata reaches the disk only in flush(), in this order:
+// reserved at the end of the file, in space the file has never held data in,
+// and never moves while the image is open. (A failed allocation at the end
+// gives its space back: the file is cut back first, and the next write-back
+// syncs that before any entry points there again.) Between flushes,
+// allocating writes only touch clusters that nothing on disk points at, and
+// in-place writes only touch data clusters. Metadata reaches the disk only in
+// flush(), as dirty 512-byte sectors, each of which a crash leaves old or new.
 //
-//   1. Set NEED_CHECK in the header (only the first time; no sync of its own).
-//   2. Extend the file over every reserved cluster, then fdatasync. Now every
-//      data cluster that any dirty L2 entry points at is durable, NEED_CHECK
-//      is durable, and so is the file size that makes those clusters valid.
-//   3. Write the dirty 512-byte sectors of the L2 tables. If any L1 sector is
-//      dirty (a new table), fdatasync, so new tables are durable first.
-//   4. Write the dirty L1 sectors, then fdatasync.
+// What a crash can leave, entry by entry, when an entry reached the disk but
+// what it points at did not:
+//   - an L2 entry pointing at a data cluster whose data is not on disk reads
+//     that cluster's bytes: zeroes, since the space never held data (or past
+//     the end of the file: then it reads as unallocated);
+//   - an L1 entry pointing at a table that is not on disk sees an empty table
+//     (zeroes, or past the end of the file: no table): every cluster of it
+//     unallocated.
+// Without a backing file, zeroes and "unallocated" are exactly the old content
+// of a cluster that was unallocated or a zero cluster before: nothing needs
+// ordering, and one sync covers data and metadata together. This rests on the
+// file system never showing stale blocks in space a file never wrote, true of
+// ext4 in its default ordered mode, XFS and btrfs. With a backing file an
+// entry pointing at unwritten data would hide the backing data, so the data
+// must be durable before its L2 entry is written: a sync, then L2 and L1
+// together (a missing new table reads as unallocated: the old content), then
+// a sync.
 //
-// Between flushes, allocating writes only touch clusters that nothing on disk
-// points at, and in-place writes only touch data clusters. So after a crash at
-// any point:
-//   - an L2 entry on disk points at data that was synced before it was
-//     written (step 2 before 3), whether or not there is a backing file;
-//   - an L1 entry on disk points at a table that is durable (3 before 4);
-//   - a torn flush leaves each 512-byte sector old or new, and each state is a
-//     consistent image: old entries point at old data, new at synced data;
-//   - the worst case is leaked clusters: reserved space that no entry reached.
-// NEED_CHECK, set before the first metadata write, tells the next open that
-// leaks may exist; close() clears it after a final flush. A write completed
-// before a flush returned is durable; one that was not flushed reads back
-// either its old value or the new one.
+// So flush() is:
+//   1. The first time per open: set NEED_CHECK in the header, durable before
+//      the first metadata write (so that the next open, ours or QEMU's,
+//      checks, and drops entries past the end of the file). Without a backing
+//      file that costs a sync of its own; with one, step 3's covers it.
+//   2. Make the file reach every reserved cluster. Usually the data writes
+//      already did, and nothing is called; otherwise it grows with headroom,
+//      so that the next flushes find it long enough.
+//   3. With a backing file (or after space was given back): sync.
+//   4. Write the dirty L2 sectors and L1 sectors; sync.
+// A flush with nothing written since the last sync does nothing. Steady
+// state: one sync per flush without a backing file, two with one.
+//
+// The worst case after a crash is leaked clusters: reserved space that no
+// entry reached. NEED_CHECK tells the next open that leaks may exist; close()
+// clears it after a final flush, and cuts the file back to what is in use.
+//
+// Failures. After a failed sync or metadata write, the kernel may already
+// have dropped the dirty pages, and a later sync that succeeds would not mean
+// they are on disk: the image then refuses every further write and flush
+// (reads go on) until it is reopened, and the check at that open repairs it.
 //
 // Allocating writes run in parallel: Metadata reserves clusters and registers
 // the request's virtual clusters as in flight, so only a request for the same
@@ -47,6 +70,24 @@ bool all_zero(const uint8_t *p, size_t n) {
 
 // Writes of zero buffers go in chunks of this size.
 constexpr size_t kZeroChunk = 1 << 20;
+// Copy-on-write of an allocation up to this size goes out in one write; larger
+// ones (big clusters) are copied in chunks of it, so memory stays bounded.
+constexpr uint64_t kCowChunk = 2 << 20;
+
+// Ends a write-back on every path, exceptions included.
+class WritebackScope {
+public:
+  WritebackScope(Metadata &meta, Writeback &w) : meta_(meta), w_(w) {}
+  ~WritebackScope() { meta_.finish_writeback(w_, written_); }
+  WritebackScope(const WritebackScope &) = delete;
+  WritebackScope &operator=(const WritebackScope &) = delete;
+  void written() { written_ = true; }
+
+private:
+  Metadata &meta_;
+  Writeback &w_;
+  bool written_ = false;
+};
 
 }  // namespace
 
@@ -58,6 +99,22 @@ Result<bool> Image::read_below(Run::Kind was, uint64_t vpos, uint64_t count, uin
   return !all_zero(out, count);
 }
 
+Status Image::copy_below(Run::Kind was, uint64_t vpos, uint64_t count, uint64_t host) {
+  std::vector<uint8_t> buf(size_t(std::min(count, kCowChunk)));
+  while (count > 0) {
+    const size_t n = size_t(std::min<uint64_t>(count, buf.size()));
+    auto below = read_below(was, vpos, n, buf.data());
+    if (!below)
+      return below.status();
+    if (*below)
+      QED_RETURN_IF_ERROR(file_->pwrite(buf.data(), n, host));
+    vpos += n;
+    host += n;
+    count -= n;
+  }
+  return Status::ok();
+}
+
 Status Image::write_allocation(Allocation &a, const uint8_t *data, uint64_t pos,
                                uint64_t count) {
   const uint64_t start = a.virtual_offset;
@@ -66,6 +123,12 @@ Status Image::write_allocation(Allocation &a, const uint8_t *data, uint64_t pos,
   const uint64_t head = pos - start, tail = end - wend;
   if (head == 0 && tail == 0)
     return data ? file_->pwrite(data, wend - pos, a.host_offset) : Status::ok();
+  if (end - start > kCowChunk) {
+    // Big clusters: what lay below goes around the written bytes in chunks.
+    QED_RETURN_IF_ERROR(copy_below(a.first_kind, start, head, a.host_offset));
+    QED_RETURN_IF_ERROR(copy_below(a.last_kind, wend, tail, a.host_offset + (wend - start)));
+    return data ? file_->pwrite(data, wend - pos, a.host_offset + head) : Status::ok();
+  }
   // Copy-on-write: the new clusters get what lay below around the written
   // bytes. When there is anything below, the clusters go out in one write.
   std::vector<uint8_t> buf(end - start);
@@ -95,15 +158,14 @@ Status Image::write_range(const uint8_t *data, uint64_t count, uint64_t pos) {
       else
         QED_RETURN_IF_ERROR(zero_data(plan->in_place.host_offset, done, ZeroFlags{}));
     } else {
+      // On any return or exception before commit(), the Allocation gives its
+      // clusters back.
       Allocation &a = plan->allocation;
       done = std::min(count, a.virtual_offset + a.clusters * geo_.cluster_size() - pos);
-      Status s = write_allocation(a, data, pos, count);
-      if (!s.is_ok()) {
-        meta_->abandon(a);
-        return s;
-      }
+      QED_RETURN_IF_ERROR(write_allocation(a, data, pos, count));
       QED_RETURN_IF_ERROR(meta_->commit(a));
     }
+    written_.fetch_add(1);
     if (data)
       data += done;
     pos += done;
@@ -118,7 +180,38 @@ Status Image::writeback_if_needed() {
   return flush();
 }
 
+Status Image::refuse_if_failed() const {
+  if (!failed_.load())
+    return Status::ok();
+  std::lock_guard lock(failure_mu_);
+  if (failure_.is_ok())  // fail() could not build its message
+    return Status::io_error(path_ + ": writes and flushes are refused since a flush failed", EIO);
+  return failure_;
+}
+
+Status Image::fail(const Status &why, const char *doing) {
+  // The state is entered first, with nothing that can throw: the messages
+  // below allocate, and a failure to build them must not let a later flush
+  // acknowledge what this one may have lost.
+  if (failed_.exchange(true))
+    return why;
+  try {
+    Status reason = error_context(why.with_context(doing));
+    std::lock_guard lock(failure_mu_);
+    failure_ = Status::io_error(
+        path_ + ": writes and flushes are refused since a flush failed (" + reason.message() +
+            "): data written before it may not be on disk; restart nbdkit to reopen the image "
+            "(the check at open repairs it)",
+        EIO);
+    return reason;
+  } catch (...) {
+    return why;
+  }
+}
+
 Status Image::write(const void *buf, size_t count, uint64_t pos, bool fua) {
+  QED_RETURN_IF_ERROR(check_range(pos, count, "write"));
+  QED_RETURN_IF_ERROR(refuse_if_failed());
   QED_RETURN_IF_ERROR(write_range(static_cast<const uint8_t *>(buf), count, pos));
   // FUA needs the metadata that leads to the data too, which may be dirty
   // even for an in-place write (an earlier write allocated the cluster). With
@@ -174,11 +267,40 @@ Result<uint64_t> Image::zero_unallocated(uint64_t pos, uint64_t count) {
   return pos - start;
 }
 
+Status Image::check_fast_zero(uint64_t pos, uint64_t count) {
+  const uint64_t below = backing_ ? backing_->size() : 0;
+  while (count > 0) {
+    auto run = meta_->lookup(pos, count);
+    if (!run)
+      return error_context(run.status());
+    const uint64_t n = run->length;
+    bool slow = false;
+    if (run->kind == Run::kData) {
+      slow = !can_punch_;  // otherwise zeroes would be written
+    } else if (run->kind == Run::kUnallocated && pos < below) {
+      // Whole clusters become zero clusters (metadata only); a partial one
+      // over backing data needs copy-on-write.
+      const uint64_t end = pos + n;
+      slow = geo_.offset_in_cluster(pos) != 0 ||
+             (geo_.offset_in_cluster(end) != 0 && geo_.cluster_start(end) < below);
+    }
+    if (slow)
+      return Status::not_supported(path_ + ": zeroing " + std::to_string(n) + " bytes at " +
+                                   std::to_string(pos) + " would not be fast");
+    pos += n;
+    count -= n;
+  }
+  return Status::ok();
+}
+
 Status Image::zero(uint64_t pos, uint64_t count, ZeroFlags flags) {
   if (read_only_)
     return Status::read_only(path_ + ": image is open read-only");
-  if (flags.fast && !can_punch_)
-    return Status::not_supported(path_ + ": the file system cannot zero quickly");
+  QED_RETURN_IF_ERROR(check_range(pos, count, "zero"));
+  QED_RETURN_IF_ERROR(refuse_if_failed());
+  // A fast zero that cannot be fast fails before it changes anything.
+  if (flags.fast)
+    QED_RETURN_IF_ERROR(check_fast_zero(pos, count));
   while (count > 0) {
     auto run = meta_->lookup(pos, count);
     if (!run)
@@ -186,6 +308,7 @@ Status Image::zero(uint64_t pos, uint64_t count, ZeroFlags flags) {
     uint64_t n = run->length;
     if (run->kind == Run::kData) {
       QED_RETURN_IF_ERROR(zero_data(run->host_offset, n, flags));
+      written_.fetch_add(1);
     } else if (run->kind == Run::kUnallocated) {
       auto done = zero_unallocated(pos, n);
       if (!done)
@@ -203,6 +326,8 @@ Status Image::zero(uint64_t pos, uint64_t count, ZeroFlags flags) {
 Status Image::trim(uint64_t pos, uint64_t count, bool fua) {
   if (read_only_)
     return Status::read_only(path_ + ": image is open read-only");
+  QED_RETURN_IF_ERROR(check_range(pos, count, "trim"));
+  QED_RETURN_IF_ERROR(refuse_if_failed());
   const uint64_t cs = geo_.cluster_size();
   // Only whole clusters are freed; trimming is advisory for the rest.
   const uint64_t first = (pos + cs - 1) / cs * cs;
@@ -218,6 +343,7 @@ Status Image::trim(uint64_t pos, uint64_t count, bool fua) {
       Status s = file_->punch_hole(run->host_offset, run->length);
       if (!s.is_ok() && s.code() != Status::Code::kNotSupported)
         return s;
+      written_.fetch_add(1);
     }
     pos += run->length;
   }
@@ -232,24 +358,50 @@ Status Image::flush() {
 }
 
 Status Image::flush_locked() {
+  QED_RETURN_IF_ERROR(refuse_if_failed());
+  // Writes completed before this flush began are counted in `written`.
+  const uint64_t written = written_.load();
   Writeback w = meta_->take_dirty();
-  if (w.empty())
-    return file_->sync();
-  Status s = mark_needs_check_locked();
-  if (s.is_ok())
-    s = file_->extend_to(w.file_end);
-  if (s.is_ok())
+  WritebackScope scope(*meta_, w);
+  if (w.empty()) {
+    if (written == synced_)
+      return Status::ok();  // nothing written since the last sync
+    if (Status s = file_->sync(); !s.is_ok())
+      return fail(s, "flushing");
+    synced_ = written;
+    return Status::ok();
+  }
+  // 1. NEED_CHECK, durable before the first metadata write of this open.
+  if (!needs_check_on_disk_) {
+    Status s = mark_needs_check_locked();
+    if (s.is_ok() && !backing_)
+      s = file_->sync();
+    if (!s.is_ok())
+      return fail(s, "marking the image as needing a check");
+  }
+  // 2. The file reaches every reserved cluster. Failing here changed nothing
+  // on disk: the flush fails, later ones may succeed.
+  const uint64_t cs = geo_.cluster_size();
+  const uint64_t headroom = std::max<uint64_t>(cs, std::min<uint64_t>(16 * cs, 32 << 20));
+  if (Status s = file_->extend_to(w.file_end, w.file_end + headroom); !s.is_ok())
+    return error_context(s.with_context("writing back metadata"));
+  // 3. Data before the entries that point at it, where a crash could
+  // otherwise show the wrong thing there.
+  Status s;
+  if (backing_ || w.sync_before_entries)
     s = file_->sync();
+  // 4. L2 and L1 sectors, then one sync.
   for (size_t i = 0; s.is_ok() && i < w.tables.size(); i++)
     s = file_->pwrite(w.tables[i].bytes.data(), w.tables[i].bytes.size(), w.tables[i].file_offset);
-  if (s.is_ok() && !w.l1.empty())
-    s = file_->sync();
   for (size_t i = 0; s.is_ok() && i < w.l1.size(); i++)
     s = file_->pwrite(w.l1[i].bytes.data(), w.l1[i].bytes.size(), w.l1[i].file_offset);
   if (s.is_ok())
     s = file_->sync();
-  meta_->finish_writeback(w, s.is_ok());
-  return s.is_ok() ? s : error_context(s.with_context("writing back metadata"));
+  if (!s.is_ok())
+    return fail(s, "writing back metadata");
+  scope.written();
+  synced_ = written;
+  return Status::ok();
 }
 
 }  // namespace qed

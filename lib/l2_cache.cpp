@@ -9,7 +9,9 @@ constexpr size_t kInitialBuckets = 64;
 L2Cache::L2Cache(uint64_t budget_bytes)
     : budget_(budget_bytes),
       buckets_(kInitialBuckets),
-      index_(Index::bucket_traits(buckets_.data(), buckets_.size())) {}
+      index_(Index::bucket_traits(buckets_.data(), buckets_.size())) {
+  spare_.reserve(kMaxSpare);  // so that erase(), called on paths that must not fail, never allocates
+}
 
 L2Cache::~L2Cache() {
   spare_.clear();
@@ -29,12 +31,12 @@ CachedTable *L2Cache::find(uint64_t offset) {
 CachedTable *L2Cache::insert(std::unique_ptr<CachedTable> table) {
   // Make room first: the new table must survive its own insertion, since the
   // caller is about to use it.
+  maybe_rehash(index_.size() + 1);  // the only step that allocates: first
   bytes_ += table->bytes();
   evict_over_budget();
   CachedTable *t = table.release();
   index_.insert(*t);
   lru_.push_back(*t);
-  maybe_rehash();
   return t;
 }
 
@@ -69,8 +71,8 @@ void L2Cache::evict_over_budget() {
   }
 }
 
-void L2Cache::maybe_rehash() {
-  if (index_.size() <= buckets_.size())
+void L2Cache::maybe_rehash(size_t entries) {
+  if (entries <= buckets_.size())
     return;
   std::vector<Index::bucket_type> bigger(buckets_.size() * 2);
   index_.rehash(Index::bucket_traits(bigger.data(), bigger.size()));

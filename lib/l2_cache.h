@@ -64,7 +64,8 @@ public:
   // The table at `offset`, marked most recently used; null if absent.
   CachedTable *find(uint64_t offset);
   // Evicts to make room, then takes ownership of `table` (whose offset must
-  // be absent). The returned table stays until the next call that evicts.
+  // be absent). The returned table stays until the next call that evicts. If
+  // it throws (std::bad_alloc), the table was not inserted.
   CachedTable *insert(std::unique_ptr<CachedTable> table);
   // Removes and frees `table`.
   void erase(CachedTable *table);
@@ -93,7 +94,8 @@ private:
                         bi::member_hook<CachedTable, IndexHook, &CachedTable::index_hook>,
                         bi::key_of_value<KeyOf>, bi::power_2_buckets<true>>;
 
-  void maybe_rehash();
+  // Grows the buckets (this may throw) before `entries` tables are held.
+  void maybe_rehash(size_t entries);
 
   static constexpr size_t kMaxSpare = 8;
 

@@ -1,6 +1,7 @@
 #include "metadata.h"
 
 #include <algorithm>
+#include <utility>
 
 namespace qed {
 
@@ -17,6 +18,14 @@ uint64_t sectors_for(uint64_t entries) {
 
 uint64_t round_up(uint64_t v, uint64_t to) { return (v + to - 1) / to * to; }
 
+// Failed allocations remembered below the end of the file. They go back as
+// soon as everything above them has; under a run of failures from several
+// threads at once (a full disk), each failure may find another's reservation
+// above it, so the list grows with the failures in flight and shrinks when
+// the last of them goes. Past this many, further ones are only counted.
+constexpr size_t kMaxAbandoned = size_t(1) << 20;
+constexpr size_t kAbandonedReserved = 64;
+
 }  // namespace
 
 Metadata::Metadata(File &file, const MetadataConfig &c, std::vector<uint64_t> l1)
@@ -31,6 +40,7 @@ Metadata::Metadata(File &file, const MetadataConfig &c, std::vector<uint64_t> l1
       cache_(c.cache_bytes),
       file_end_(std::max({round_up(c.file_size, geo_.cluster_size()), geo_.header_bytes(),
                           c.l1_offset + geo_.table_bytes()})) {
+  abandoned_.reserve(kAbandonedReserved);
   // An L1 entry whose table does not fit in the file is the trace of an
   // interrupted write: treat it as no table (and drop it at the next flush),
   // so that the space it names can never be handed out twice.
@@ -45,6 +55,26 @@ Metadata::Metadata(File &file, const MetadataConfig &c, std::vector<uint64_t> l1
 }
 
 Metadata::~Metadata() { inflight_.clear(); }
+
+Allocation &Allocation::operator=(Allocation &&other) noexcept {
+  if (this != &other) {
+    if (owner_)
+      owner_->abandon(*this);
+    virtual_offset = other.virtual_offset;
+    clusters = other.clusters;
+    host_offset = other.host_offset;
+    first_kind = other.first_kind;
+    last_kind = other.last_kind;
+    owner_ = std::exchange(other.owner_, nullptr);
+    record_ = std::move(other.record_);
+  }
+  return *this;
+}
+
+Allocation::~Allocation() {
+  if (owner_)
+    owner_->abandon(*this);
+}
 
 Metadata::EntryKind Metadata::classify(uint64_t e) const {
   if (e == kEntryUnallocated)
@@ -110,15 +140,24 @@ Result<CachedTable *> Metadata::get_table(std::unique_lock<std::mutex> &lock,
 
 Result<CachedTable *> Metadata::load_table(std::unique_lock<std::mutex> &lock,
                                            uint64_t l1_index, uint64_t off) {
-  CachedTable *t = cache_.insert(std::make_unique<CachedTable>(off));
+  // Everything that allocates comes before the table is visible in the cache.
+  auto fresh = std::make_unique<CachedTable>(off);
   std::shared_ptr<LoadLatch> latch = std::make_shared<LoadLatch>();
-  t->latch = latch;
   std::vector<uint64_t> entries = cache_.take_buffer(geo_.l2_entries_used(l1_index));
+  fresh->latch = latch;
+  CachedTable *t = cache_.insert(std::move(fresh));
 
   lock.unlock();
   Status s = read_table_entries(file_, off, entries);
   lock.lock();
 
+  std::vector<bool> dirty;
+  try {
+    if (s.is_ok())
+      dirty.assign(sectors_for(entries.size()), false);
+  } catch (...) {
+    s = Status::io_error(file_.name() + ": out of memory loading an L2 table", ENOMEM);
+  }
   latch->done = true;
   latch->status = s;
   if (!s.is_ok()) {
@@ -128,7 +167,7 @@ Result<CachedTable *> Metadata::load_table(std::unique_lock<std::mutex> &lock,
   }
   const uint64_t old_bytes = t->bytes();
   t->entries = std::move(entries);
-  t->dirty_sectors.assign(sectors_for(t->entries.size()), false);
+  t->dirty_sectors = std::move(dirty);
   t->latch.reset();
   cache_.account(t, old_bytes);
   sanitize_loaded(t);
@@ -158,17 +197,18 @@ void Metadata::sanitize_loaded(CachedTable *t) {
 
 CachedTable *Metadata::create_table(uint64_t l1_index) {
   const uint64_t off = file_end_;
-  file_end_ += geo_.table_bytes();
-  l1_[l1_index] = off;
-  mark_l1_dirty(l1_index);
+  // Everything that allocates comes before anything changes.
   auto table = std::make_unique<CachedTable>(off);
   table->entries = cache_.take_buffer(geo_.l2_entries_used(l1_index));
   std::fill(table->entries.begin(), table->entries.end(), kEntryUnallocated);
   table->dirty_sectors.assign(sectors_for(table->entries.size()), false);
-  // The reserved space reads as zeroes, so the table needs no write until an
-  // entry changes; flush extends the file over it before L1 points at it.
   session_tables_.insert(off);
   CachedTable *t = cache_.insert(std::move(table));
+  // The reserved space reads as zeroes, so the table needs no write until an
+  // entry changes; flush extends the file over it before L1 points at it.
+  file_end_ += geo_.table_bytes();
+  l1_[l1_index] = off;
+  mark_l1_dirty(l1_index);
   return t;
 }
 
@@ -251,8 +291,9 @@ uint64_t Metadata::next_inflight_start(uint64_t cluster) {
   return it == inflight_.end() ? UINT64_MAX : it->first_cluster;
 }
 
-void Metadata::remove_inflight(Inflight &record) {
-  inflight_.erase(inflight_.iterator_to(record));
+void Metadata::remove_inflight(Inflight &record) noexcept {
+  if (record.is_linked())
+    inflight_.erase(inflight_.iterator_to(record));
   record.done = true;
   record.done_cv.notify_all();
 }
@@ -312,37 +353,96 @@ Result<WritePlan> Metadata::plan_write(uint64_t pos, uint64_t len) {
       last = k;
       n++;
     }
-    Allocation a;
+    WritePlan plan;
+    plan.allocate = true;
+    Allocation &a = plan.allocation;
+    a.record_ = std::make_shared<Inflight>(cluster, n);  // the only allocation
     a.virtual_offset = cluster << geo_.cluster_bits();
     a.clusters = n;
     a.host_offset = file_end_;
     a.first_kind = kind == EntryKind::kZero ? Run::kZero : Run::kUnallocated;
     a.last_kind = last == EntryKind::kZero ? Run::kZero : Run::kUnallocated;
-    a.record = std::make_shared<Inflight>(cluster, n);
     file_end_ += n * geo_.cluster_size();
-    inflight_.insert(*a.record);
-    return WritePlan{true, {}, std::move(a)};
+    inflight_.insert(*a.record_);
+    a.owner_ = this;  // from here on, the reservation ends on every path
+    return plan;
   }
 }
 
 Status Metadata::commit(Allocation &a) {
   std::unique_lock lock(mu_);
+  // The table may have been evicted meanwhile: reloading it can fail (or
+  // throw); the Allocation then still gives the clusters back.
   auto t = get_table(lock, geo_.l1_index(a.virtual_offset));
-  Status s = t.status();
-  if (t.is_ok() && *t == nullptr)
-    s = Status::corruption("L2 table vanished during an allocation");
-  if (s.is_ok()) {
-    const uint64_t first = geo_.l2_index(a.virtual_offset);
-    for (uint64_t i = 0; i < a.clusters; i++)
-      set_entry(*t, first + i, a.host_offset + i * geo_.cluster_size());
-  }
-  remove_inflight(*a.record);
-  return s;
+  if (!t)
+    return t.status();
+  if (*t == nullptr)
+    return Status::corruption("L2 table vanished during an allocation");
+  const uint64_t first = geo_.l2_index(a.virtual_offset);
+  for (uint64_t i = 0; i < a.clusters; i++)
+    set_entry(*t, first + i, a.host_offset + i * geo_.cluster_size());
+  remove_inflight(*a.record_);
+  a.owner_ = nullptr;
+  return Status::ok();
 }
 
-void Metadata::abandon(Allocation &a) {
+void Metadata::abandon(Allocation &a) noexcept {
   std::lock_guard lock(mu_);
-  remove_inflight(*a.record);
+  remove_inflight(*a.record_);
+  a.owner_ = nullptr;
+  give_back(a.host_offset, a.clusters * geo_.cluster_size());
+}
+
+void Metadata::give_back(uint64_t host, uint64_t bytes) noexcept {
+  if (host + bytes != file_end_) {
+    // Something was reserved after it: remember it, in case that goes too.
+    remember_leak(host, bytes);
+    return;
+  }
+  uint64_t end = host;
+  for (bool found = true; found;) {
+    found = false;
+    for (size_t i = 0; i < abandoned_.size(); i++) {
+      if (abandoned_[i].first + abandoned_[i].second == end) {
+        end = abandoned_[i].first;
+        abandoned_[i] = abandoned_.back();
+        abandoned_.pop_back();
+        found = true;
+        break;
+      }
+    }
+  }
+  // The failed write may have left bytes there, and the next allocation
+  // there may not cover the whole cluster: cut them off first. This is I/O
+  // under mu_, on a rare path; nothing can be reserved past `end` meanwhile.
+  try {
+    auto size = file_.size();
+    if (!size || (*size > end && !file_.truncate(end).is_ok())) {
+      remember_leak(end, file_end_ - end);
+      return;
+    }
+  } catch (...) {  // a message that could not be built: keep it as a leak
+    interior_leak_overflow_ = true;
+    return;
+  }
+  file_end_ = end;
+  cut_back_since_writeback_ = true;
+}
+
+void Metadata::remember_leak(uint64_t host, uint64_t bytes) noexcept {
+  try {
+    if (abandoned_.size() < kMaxAbandoned) {
+      abandoned_.emplace_back(host, bytes);
+      return;
+    }
+  } catch (...) {  // no memory for it: the check will find the leak
+  }
+  interior_leak_overflow_ = true;
+}
+
+bool Metadata::has_interior_leaks() {
+  std::lock_guard lock(mu_);
+  return !abandoned_.empty() || interior_leak_overflow_;
 }
 
 Result<uint64_t> Metadata::mark_zero(uint64_t pos, uint64_t clusters) {
@@ -373,7 +473,8 @@ Result<uint64_t> Metadata::mark_zero(uint64_t pos, uint64_t clusters) {
 Writeback Metadata::take_dirty() {
   std::lock_guard lock(mu_);
   Writeback w;
-  w.file_end = file_end_;
+  // First encode everything (this allocates and may throw); only then change
+  // any state, with operations that cannot fail.
   for (CachedTable &t : dirty_tables_) {
     session_tables_.insert(t.offset);
     const uint64_t sectors = t.dirty_sectors.size();
@@ -384,18 +485,15 @@ Writeback Metadata::take_dirty() {
       }
       uint64_t e = s;
       while (e < sectors && t.dirty_sectors[e])
-        t.dirty_sectors[e++] = false;
+        e++;
       const uint64_t first = s * kEntriesPerSector;
       const uint64_t count = std::min<uint64_t>((e - s) * kEntriesPerSector,
                                                 t.entries.size() - first);
       w.tables.push_back({t.offset + first * 8,
                           encode_entries({t.entries.data() + first, count}), &t, s, e - s});
-      t.pins++;
       s = e;
     }
-    t.dirty_count = 0;
   }
-  dirty_tables_.clear();
   const uint64_t l1_sectors = l1_dirty_sectors_.size();
   for (uint64_t s = 0; s < l1_sectors;) {
     if (!l1_dirty_sectors_[s]) {
@@ -404,19 +502,35 @@ Writeback Metadata::take_dirty() {
     }
     uint64_t e = s;
     while (e < l1_sectors && l1_dirty_sectors_[e])
-      l1_dirty_sectors_[e++] = false;
+      e++;
     const uint64_t first = s * kEntriesPerSector;
     const uint64_t count = std::min<uint64_t>((e - s) * kEntriesPerSector, l1_.size() - first);
     w.l1.push_back({l1_offset_ + first * 8, encode_entries({l1_.data() + first, count}),
                     nullptr, s, e - s});
     s = e;
   }
+  // Nothing below allocates.
+  for (Writeback::Piece &p : w.tables) {
+    for (uint64_t s = p.first_sector; s < p.first_sector + p.sectors; s++)
+      p.table->dirty_sectors[s] = false;
+    p.table->dirty_count = 0;
+    p.table->pins++;
+  }
+  dirty_tables_.clear();
+  for (Writeback::Piece &p : w.l1)
+    for (uint64_t s = p.first_sector; s < p.first_sector + p.sectors; s++)
+      l1_dirty_sectors_[s] = false;
   dirty_bytes_ = 0;
+  w.file_end = file_end_;
+  w.sync_before_entries = cut_back_since_writeback_;
+  cut_back_since_writeback_ = false;
   return w;
 }
 
-void Metadata::finish_writeback(Writeback &w, bool written) {
+void Metadata::finish_writeback(Writeback &w, bool written) noexcept {
   std::lock_guard lock(mu_);
+  if (!written && w.sync_before_entries)
+    cut_back_since_writeback_ = true;
   for (Writeback::Piece &p : w.tables) {
     CachedTable *t = p.table;
     t->pins--;

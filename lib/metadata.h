@@ -15,7 +15,12 @@
 //
 // Write-back. commit(), mark_zero() and new tables change metadata only in
 // memory and mark the changed 512-byte sectors dirty; take_dirty() hands them
-// to Image::flush(), which orders the writes (see the protocol in image.h).
+// to Image::flush(), which orders the writes (see the protocol at the top of
+// image_write.cpp).
+//
+// Failures. Every method leaves the state as it was when it fails, whether by
+// a Status or by an exception (std::bad_alloc): memory is allocated before
+// anything changes, and reservations end on every path (Allocation).
 #pragma once
 
 #include <boost/intrusive/set.hpp>
@@ -50,19 +55,35 @@ struct Inflight : bi::set_base_hook<>, std::enable_shared_from_this<Inflight> {
   bool done = false;
 };
 
-struct Allocation {
-  uint64_t virtual_offset;  // cluster aligned
-  uint64_t clusters;
-  uint64_t host_offset;     // first reserved cluster
-  Run::Kind first_kind;     // what the first cluster held (kUnallocated or kZero)
-  Run::Kind last_kind;      // what the last cluster held
-  std::shared_ptr<Inflight> record;
+class Metadata;
+
+// Clusters reserved for one allocating request, from plan_write() to commit().
+// Move-only. Destroyed before commit() (an error, an exception), it gives its
+// clusters back (Metadata::abandon), so that no exit path leaves an in-flight
+// record linked or waiters waiting.
+class Allocation {
+public:
+  Allocation() = default;
+  Allocation(Allocation &&other) noexcept { *this = std::move(other); }
+  Allocation &operator=(Allocation &&other) noexcept;
+  ~Allocation();
+
+  uint64_t virtual_offset = 0;  // cluster aligned
+  uint64_t clusters = 0;
+  uint64_t host_offset = 0;     // first reserved cluster
+  Run::Kind first_kind = Run::kUnallocated;  // what the first cluster held (kUnallocated or kZero)
+  Run::Kind last_kind = Run::kUnallocated;   // what the last cluster held
+
+private:
+  friend class Metadata;
+  Metadata *owner_ = nullptr;  // non-null while the reservation is pending
+  std::shared_ptr<Inflight> record_;
 };
 
 // A plan for the start of a write: an in-place run or an allocation.
 struct WritePlan {
-  bool allocate;
-  Run in_place;            // when !allocate (kind kData)
+  bool allocate = false;
+  Run in_place{};          // when !allocate (kind kData)
   Allocation allocation;   // when allocate
 };
 
@@ -77,6 +98,10 @@ struct Writeback {
   std::vector<Piece> tables;
   std::vector<Piece> l1;
   uint64_t file_end = 0;  // the file must reach this before tables point into it
+  // Space given back by a failed allocation was cut off the file and is being
+  // handed out again: that must be durable before an entry points into it, or
+  // a crash could show the failed write's bytes there.
+  bool sync_before_entries = false;
   bool empty() const { return tables.empty() && l1.empty(); }
 };
 
@@ -107,18 +132,28 @@ public:
 
   // Plans the start of a write at `pos` of `len` bytes.
   Result<WritePlan> plan_write(uint64_t pos, uint64_t len);
-  // Points the L2 entries at the written clusters and wakes waiters.
+  // Points the L2 entries at the written clusters and wakes waiters. The
+  // reservation ends either way.
   Status commit(Allocation &allocation);
-  // Gives up an allocation (its clusters leak until the next check).
-  void abandon(Allocation &allocation);
+  // Gives up an allocation and wakes waiters. Its clusters go back when they
+  // are at the end of the file (the file is cut back to them, so that no byte
+  // of the failed write can show through a later allocation); otherwise they
+  // stay leaked, and has_interior_leaks() says so.
+  void abandon(Allocation &allocation) noexcept;
 
   // Turns unallocated clusters at `pos` (cluster aligned) into zero clusters,
   // stopping at the first cluster that is data; returns the clusters handled
   // (zero clusters count as handled), at most `clusters`.
   Result<uint64_t> mark_zero(uint64_t pos, uint64_t clusters);
 
+  // Hands the dirty sectors to a write-back. Strong guarantee: if it throws
+  // (std::bad_alloc), nothing changed.
   Writeback take_dirty();
-  void finish_writeback(Writeback &writeback, bool written);
+  // Ends a write-back: when it was not written, its sectors are dirty again.
+  void finish_writeback(Writeback &writeback, bool written) noexcept;
+  // Whether a failed allocation left clusters that nothing references below
+  // others that are in use (only the consistency check can give them back).
+  bool has_interior_leaks();
   uint64_t dirty_bytes();
   uint64_t file_end();
   uint64_t cache_bytes();
@@ -140,7 +175,9 @@ private:
   enum class EntryKind { kUnallocated, kZero, kData, kInvalid };
   EntryKind classify(uint64_t entry) const;
   Status invalid_entry(uint64_t entry, uint64_t pos) const;
-  void remove_inflight(Inflight &record);
+  void remove_inflight(Inflight &record) noexcept;
+  void give_back(uint64_t host_offset, uint64_t bytes) noexcept;
+  void remember_leak(uint64_t host_offset, uint64_t bytes) noexcept;
   uint64_t image_clusters_from(uint64_t cluster) const;
   Result<Run> run_in_table(CachedTable *t, uint64_t pos, uint64_t len);
   Run unallocated_run(uint64_t l1_index, uint64_t pos, uint64_t len) const;
@@ -170,6 +207,11 @@ private:
   // Tables written by this process; their entries past open_file_size_ are
   // ours, while such entries in older tables are traces of a crash.
   std::unordered_set<uint64_t> session_tables_;  // guarded by mu_
+  // Failed allocations below the end of the file (offset, bytes), kept so that
+  // they can go back once everything after them has (see metadata.cpp).
+  std::vector<std::pair<uint64_t, uint64_t>> abandoned_;  // guarded by mu_
+  bool interior_leak_overflow_ = false;                   // guarded by mu_
+  bool cut_back_since_writeback_ = false;                 // guarded by mu_
 };
 
 }  // namespace qed

@@ -4,6 +4,7 @@
 #include <linux/falloc.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cstring>
 
 namespace qed {
@@ -12,11 +13,25 @@ namespace {
 
 bool is_unsupported(int err) { return err == EOPNOTSUPP || err == ENOSYS || err == ENOTTY; }
 
+// A block device's size comes from lseek, a file's from fstat.
+Result<uint64_t> size_of(const std::string &path, int fd) {
+  struct stat st;
+  if (::fstat(fd, &st) < 0)
+    return Status::io_error(path + ": fstat: " + errno_text(errno), errno);
+  if (S_ISBLK(st.st_mode)) {
+    off_t end = ::lseek(fd, 0, SEEK_END);
+    if (end < 0)
+      return Status::io_error(path + ": lseek: " + errno_text(errno), errno);
+    return uint64_t(end);
+  }
+  return uint64_t(st.st_size);
+}
+
 }  // namespace
 
 Status PosixFile::error(const std::string &what, uint64_t offset, int err) const {
   return Status::io_error(path_ + ": " + what + " at offset " + std::to_string(offset) +
-                              ": " + std::strerror(err),
+                              ": " + errno_text(err),
                           err);
 }
 
@@ -40,8 +55,7 @@ Status PosixFile::pread(void *buf, size_t count, uint64_t offset) {
   return Status::ok();
 }
 
-Status PosixFile::pwrite(const void *buf, size_t count, uint64_t offset) {
-  const auto *p = static_cast<const uint8_t *>(buf);
+Status PosixFile::write_all(const uint8_t *p, size_t count, uint64_t offset) {
   while (count > 0) {
     ssize_t r = ::pwrite(fd_.get(), p, count, off_t(offset));
     if (r < 0) {
@@ -56,45 +70,65 @@ Status PosixFile::pwrite(const void *buf, size_t count, uint64_t offset) {
   return Status::ok();
 }
 
+void PosixFile::raise_known_size(uint64_t size) {
+  uint64_t known = known_size_.load();
+  while (known < size && !known_size_.compare_exchange_weak(known, size)) {
+  }
+}
+
+Status PosixFile::pwrite(const void *buf, size_t count, uint64_t offset) {
+  const auto *p = static_cast<const uint8_t *>(buf);
+  const uint64_t end = offset + count;
+  if (end <= known_size_.load())
+    return write_all(p, count, offset);
+  std::shared_lock lock(size_mu_);
+  Status s = write_all(p, count, offset);
+  if (s.is_ok())
+    raise_known_size(end);
+  return s;
+}
+
 Status PosixFile::sync() {
   if (::fdatasync(fd_.get()) < 0)
-    return Status::io_error(path_ + ": fdatasync: " + std::strerror(errno), errno);
+    return Status::io_error(path_ + ": fdatasync: " + errno_text(errno), errno);
   return Status::ok();
 }
 
-Result<uint64_t> PosixFile::size() {
-  struct stat st;
-  if (::fstat(fd_.get(), &st) < 0)
-    return Status::io_error(path_ + ": fstat: " + std::strerror(errno), errno);
-  if (S_ISBLK(st.st_mode)) {
-    off_t end = ::lseek(fd_.get(), 0, SEEK_END);
-    if (end < 0)
-      return Status::io_error(path_ + ": lseek: " + std::strerror(errno), errno);
-    return uint64_t(end);
-  }
-  return uint64_t(st.st_size);
-}
+Result<uint64_t> PosixFile::size() { return size_of(path_, fd_.get()); }
 
 Status PosixFile::truncate(uint64_t size) {
+  std::unique_lock lock(size_mu_);
   if (::ftruncate(fd_.get(), off_t(size)) < 0)
     return error("truncate", size, errno);
+  known_size_.store(size);
   return Status::ok();
 }
 
-Status PosixFile::extend_to(uint64_t size) {
-  if (size == 0)
-    return Status::ok();
+Status PosixFile::extend_to(uint64_t size, uint64_t preferred) {
+  if (size <= known_size_.load())
+    return Status::ok();  // a completed write or extension already got there
+  const uint64_t target = std::max(size, preferred);
   // fallocate() of the last byte grows the file and never changes data, so it
   // is safe while other threads write near the end.
-  if (::fallocate(fd_.get(), 0, off_t(size - 1), 1) == 0)
-    return Status::ok();
-  if (!is_unsupported(errno))
-    return error("fallocate", size - 1, errno);
-  std::lock_guard lock(extend_mu_);
-  auto current = this->size();
-  if (!current)
-    return current.status();
-  return *current >= size ? Status::ok() : truncate(size);
+  if (!no_fallocate_.load()) {
+    if (::fallocate(fd_.get(), 0, off_t(target - 1), 1) == 0) {
+      raise_known_size(target);
+      return Status::ok();
+    }
+    if (!is_unsupported(errno))
+      return error("fallocate", target - 1, errno);
+    no_fallocate_.store(true);
+  }
+  // ftruncate() can also shrink: no write that may grow the file runs while
+  // we look at the size and set it (see size_mu_).
+  std::unique_lock lock(size_mu_);
+  struct stat st;
+  if (::fstat(fd_.get(), &st) < 0)
+    return error("fstat", 0, errno);
+  if (uint64_t(st.st_size) < target && ::ftruncate(fd_.get(), off_t(target)) < 0)
+    return error("truncate", target, errno);
+  raise_known_size(std::max<uint64_t>(target, uint64_t(st.st_size)));
+  return Status::ok();
 }
 
 Status PosixFile::punch_hole(uint64_t offset, uint64_t count) {
@@ -142,18 +176,21 @@ Result<std::unique_ptr<File>> open_posix_file(const std::string &path, OpenMode 
   // O_NONBLOCK keeps open() of a FIFO from hanging; we refuse FIFOs below.
   UniqueFd fd(::open(path.c_str(), flags, 0644));
   if (fd.get() < 0)
-    return Status::io_error(path + ": " + std::strerror(errno), errno);
+    return Status::io_error(path + ": " + errno_text(errno), errno);
   struct stat st;
   if (::fstat(fd.get(), &st) < 0)
-    return Status::io_error(path + ": fstat: " + std::strerror(errno), errno);
+    return Status::io_error(path + ": fstat: " + errno_text(errno), errno);
   if (S_ISDIR(st.st_mode))
     return Status::invalid_argument(path + ": is a directory, not an image file");
   if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
     return Status::invalid_argument(path + ": is not a regular file or block device");
   int fl = ::fcntl(fd.get(), F_GETFL);
   if (fl < 0 || ::fcntl(fd.get(), F_SETFL, fl & ~O_NONBLOCK) < 0)
-    return Status::io_error(path + ": fcntl: " + std::strerror(errno), errno);
-  return std::unique_ptr<File>(std::make_unique<PosixFile>(path, std::move(fd)));
+    return Status::io_error(path + ": fcntl: " + errno_text(errno), errno);
+  auto size = size_of(path, fd.get());
+  if (!size)
+    return size.status();
+  return std::unique_ptr<File>(std::make_unique<PosixFile>(path, std::move(fd), *size));
 }
 
 }  // namespace qed

@@ -3,7 +3,9 @@
 
 #include <unistd.h>
 
+#include <atomic>
 #include <mutex>
+#include <shared_mutex>
 #include <string>
 #include <utility>
 
@@ -36,12 +38,21 @@ private:
   int fd_ = -1;
 };
 
-// Thread-safe because every operation is a positioned system call on a shared
-// descriptor (no file offset is used), except the extend_to() fallback, which
-// serialises on extend_mu_.
+// Thread-safe: every operation is a positioned system call on a shared
+// descriptor (no file offset is used). The only hazard is the size: growing
+// the file with ftruncate (where fallocate is not supported: ext2/ext3, NFSv3,
+// some FUSE and 9p file systems) would cut off a write past the old end that
+// landed between its fstat and its ftruncate. So:
+//   - known_size_ is a lower bound of the file size: the end of a completed
+//     write or extension (set exactly by truncate()). A write that ends within
+//     it cannot change the size and takes no lock.
+//   - size_mu_ is held shared by every write that may grow the file, and
+//     exclusively by the ftruncate that grows it and by truncate(): the size
+//     never changes under a growing write except by that write itself.
 class PosixFile final : public File {
 public:
-  PosixFile(std::string path, UniqueFd fd) : path_(std::move(path)), fd_(std::move(fd)) {}
+  PosixFile(std::string path, UniqueFd fd, uint64_t size_at_open)
+      : path_(std::move(path)), fd_(std::move(fd)), known_size_(size_at_open) {}
 
   const std::string &name() const override { return path_; }
   Status pread(void *buf, size_t count, uint64_t offset) override;
@@ -49,17 +60,21 @@ public:
   Status sync() override;
   Result<uint64_t> size() override;
   Status truncate(uint64_t size) override;
-  Status extend_to(uint64_t size) override;
+  Status extend_to(uint64_t size, uint64_t preferred = 0) override;
   Status punch_hole(uint64_t offset, uint64_t count) override;
   Status zero_range(uint64_t offset, uint64_t count) override;
   Result<Run> probe_run(uint64_t offset, uint64_t limit) override;
 
 private:
   Status error(const std::string &what, uint64_t offset, int err) const;
+  Status write_all(const uint8_t *p, size_t count, uint64_t offset);
+  void raise_known_size(uint64_t size);
 
   const std::string path_;
   UniqueFd fd_;
-  std::mutex extend_mu_;  // serialises the ftruncate fallback of extend_to()
+  std::shared_mutex size_mu_;
+  std::atomic<uint64_t> known_size_;
+  std::atomic<bool> no_fallocate_{false};  // fallocate said EOPNOTSUPP once
 };
 
 }  // namespace qed

@@ -89,6 +89,15 @@ private:
 
 }  // namespace qed
 
+namespace qed {
+
+// The text of an errno value, for messages. Not strerror(): strerrordesc_np
+// is thread-safe and takes no locale lock (strerror under an ASan preload
+// leaves that lock taken, and nbdkit then hangs at exit).
+std::string errno_text(int err);
+
+}  // namespace qed
+
 // Return early from the enclosing function when `expr` yields a failed Status.
 #define QED_RETURN_IF_ERROR(expr)              \
   do {                                         \

@@ -3,9 +3,13 @@
 #include <nbdkit-plugin.h>
 
 #include "config.h"
+#include "key_help.h"
 #include "format.h"
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -73,6 +77,30 @@ int parse_check(const char *value, qed::CheckPolicy &out) {
   return -1;
 }
 
+// allow-backing=true|false|network: whether backing files may be local
+// files (true, the default), anything (network also allows NBD URIs), or
+// nothing (false).
+int parse_allow_backing(Config &c, const char *value) {
+  c.allow_network_backing = std::strcmp(value, "network") == 0;
+  if (c.allow_network_backing) {
+    c.allow_backing = true;
+    return 0;
+  }
+  return parse_bool(value, c.allow_backing);
+}
+
+int parse_connections(const char *key, const char *value, unsigned &out) {
+  unsigned n;
+  if (nbdkit_parse_unsigned(key, value, &n) == -1)
+    return -1;
+  if (n < 1 || n > 64) {
+    nbdkit_error("%s: %s is not between 1 and 64", key, value);
+    return -1;
+  }
+  out = n;
+  return 0;
+}
+
 struct Key {
   const char *name;
   const char *value;  // how --help shows the value
@@ -90,8 +118,14 @@ const Key kKeys[] = {
      [](Config &c, const char *k, const char *v) { return parse_size(k, v, c.cache_bytes); }},
     {"check", "auto|repair|report|off", "Consistency check at open (default auto).",
      [](Config &c, const char *, const char *v) { return parse_check(v, c.check); }},
-    {"allow-backing", "true|false", "Whether images may have backing files (default true).",
-     [](Config &c, const char *, const char *v) { return parse_bool(v, c.allow_backing); }},
+    {"allow-backing", "true|false|network",
+     "Backing files: local (true, the default), none, or local and NBD URIs.",
+     [](Config &c, const char *, const char *v) { return parse_allow_backing(c, v); }},
+    {"backing-connections", "<N>",
+     "Most connections to each NBD backing server (default 8).",
+     [](Config &c, const char *k, const char *v) {
+       return parse_connections(k, v, c.backing_connections);
+     }},
     {"size", "<SIZE>", "Size of a new image; on an existing image, grow it to SIZE.",
      [](Config &c, const char *k, const char *v) { return parse_size(k, v, c.size); }},
     {"create", "true", "Create file= as a new, empty image (needs size= or backing=).",
@@ -106,7 +140,7 @@ const Key kKeys[] = {
      [](Config &c, const char *k, const char *v) {
        return parse_u32_size(k, v, c.create_options.table_size);
      }},
-    {"backing", "<FILENAME>", "New image: its backing file.",
+    {"backing", "<FILENAME|URI>", "New image: its backing file (a path, or an NBD URI).",
      [](Config &c, const char *, const char *v) {
        c.create_options.backing_file = v;
        return 0;
@@ -118,16 +152,15 @@ const Key kKeys[] = {
      }},
 };
 
-// With create=true the file need not exist yet, so realpath() of the folder.
+// With create=true the file need not exist yet: then the folder must.
 std::string absolute_image_path(const std::string &given, bool may_be_missing) {
-  std::unique_ptr<char, decltype(&std::free)> real(nbdkit_realpath(given.c_str()), std::free);
-  if (real)
-    return real.get();
-  if (!may_be_missing)
-    return {};  // nbdkit_realpath reported the error
-  std::unique_ptr<char, decltype(&std::free)> abs(nbdkit_absolute_path(given.c_str()),
-                                                  std::free);
-  return abs ? abs.get() : std::string();
+  using CString = std::unique_ptr<char, decltype(&std::free)>;
+  if (may_be_missing && ::access(given.c_str(), F_OK) != 0 && errno == ENOENT) {
+    CString abs(nbdkit_absolute_path(given.c_str()), std::free);
+    return abs ? abs.get() : std::string();
+  }
+  CString real(nbdkit_realpath(given.c_str()), std::free);
+  return real ? real.get() : std::string();  // nbdkit_realpath reported the error
 }
 
 }  // namespace
@@ -158,6 +191,11 @@ int config_complete() {
                  "only apply with create=true");
     return -1;
   }
+  if (!c.allow_backing && !c.create_options.backing_file.empty()) {
+    nbdkit_error("backing=%s: backing files are refused (allow-backing=false)",
+                 c.create_options.backing_file.c_str());
+    return -1;
+  }
   if (c.create && c.size == 0 && c.create_options.backing_file.empty()) {
     nbdkit_error("create=true needs size=<SIZE> (or backing=<FILENAME>)");
     return -1;
@@ -172,20 +210,7 @@ int config_complete() {
 }
 
 const char *config_help() {
-  static const std::string help = [] {
-    size_t width = 0;
-    for (const Key &k : kKeys)
-      width = std::max(width, std::strlen(k.name) + 1 + std::strlen(k.value));
-    std::string out;
-    for (const Key &k : kKeys) {
-      std::string left = std::string(k.name).append("=").append(k.value);
-      left.resize(width + 2, ' ');
-      if (!out.empty())
-        out += '\n';
-      out.append(left).append(k.help);
-    }
-    return out;
-  }();
+  static const std::string help = qed_nbdkit::aligned_key_help(kKeys);
   return help.c_str();
 }
 

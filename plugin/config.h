@@ -18,6 +18,8 @@ struct Config {
   uint64_t size = 0;                   // size=: new image size, or grow to it
   qed::CreateOptions create_options;   // cluster-size=, table-size=, backing=, backing-format=
   bool allow_backing = true;           // allow-backing=false
+  bool allow_network_backing = false;  // allow-backing=network
+  unsigned backing_connections = 8;    // backing-connections=
   qed::CheckPolicy check = qed::CheckPolicy::kAuto;  // check=
 };
 

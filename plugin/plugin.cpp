@@ -9,20 +9,25 @@
 #define NBDKIT_API_VERSION 2
 #include <nbdkit-plugin.h>
 
-#include <cstdarg>
 #include <cstdio>
 #include <memory>
 #include <mutex>
 
+#include "check_log.h"
 #include "config.h"
 #include "create.h"
 #include "errors.h"
+#include "export_size.h"
 #include "image.h"
+#include "nbdkit_extents.h"
+#include "nbd_store.h"
 
 #define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
 
 namespace qed_plugin {
 namespace {
+
+using qed_nbdkit::log_check;
 
 // served_mu guards `served` and `served_writable`; connections keep their own
 // reference to the Image they opened.
@@ -30,22 +35,28 @@ std::mutex served_mu;
 std::shared_ptr<qed::Image> served;
 bool served_writable = false;
 
-// A line of information for the log. nbdkit_debug needs -v, and nbdkit has no
-// informational level of its own, so this goes to stderr in nbdkit's format.
-__attribute__((format(printf, 1, 2))) void log_info(const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  std::fprintf(stderr, "nbdkit: qed: ");
-  std::vfprintf(stderr, fmt, ap);
-  std::fprintf(stderr, "\n");
-  va_end(ap);
-}
-
 struct Handle {
   std::shared_ptr<qed::Image> image;
 };
 
 qed::Image &image_of(void *handle) { return *static_cast<Handle *>(handle)->image; }
+
+// Where backing files are opened: local files through the engine's POSIX
+// store; NBD URIs through libnbd with allow-backing=network, else refused
+// with a message naming the key (the engine adds the image and the URI).
+qed::BackingStores backing_stores() {
+  const Config &c = config();
+  qed::BackingStores stores;
+  if (c.allow_network_backing) {
+    qed_nbd::NbdOptions nbd;
+    nbd.connections = c.backing_connections;
+    stores.network = std::make_shared<qed_nbd::NbdStore>(nbd);
+  } else {
+    stores.network = std::make_shared<qed::RefusingBackingStore>(
+        "network backing files are refused unless allowed with allow-backing=network");
+  }
+  return stores;
+}
 
 qed::OpenOptions open_options(bool read_only) {
   const Config &c = config();
@@ -53,28 +64,10 @@ qed::OpenOptions open_options(bool read_only) {
   o.read_only = read_only;
   o.cache_bytes = c.cache_bytes;
   o.allow_backing = c.allow_backing;
+  o.backing_stores = backing_stores();
   o.grow_to = read_only || c.create ? 0 : c.size;
   o.check = c.check;
   return o;
-}
-
-// The check's findings go to nbdkit's log, each problem with -v. Leaks are
-// what a crash normally leaves (space reserved for writes that no entry
-// reached yet), so giving them back is news, not an error; anything else the
-// check found is an error.
-void log_check(const qed::Image &image) {
-  const auto &report = image.check_report();
-  if (!report)
-    return;
-  for (const std::string &line : report->problems)
-    nbdkit_debug("%s: check: %s", image.path().c_str(), line.c_str());
-  if (report->problems.empty())
-    nbdkit_debug("%s: check: clean: %s", image.path().c_str(), report->summary().c_str());
-  else if (report->consistent())
-    log_info("%s: check: %s", image.path().c_str(), report->summary().c_str());
-  else
-    nbdkit_error("%s: check found problems: %s", image.path().c_str(),
-                 report->summary().c_str());
 }
 
 int open_served(bool read_only) {
@@ -91,32 +84,24 @@ int open_served(bool read_only) {
 // failing the first client that may write.
 int check_grow(const qed::Image &image) {
   const Config &c = config();
-  if (c.create || c.size == 0 || c.size == image.size())
+  if (c.create || c.size == 0)
     return 0;
-  const qed::Header &h = image.header_at_open();
-  const uint64_t max = qed::max_image_size(h.cluster_size, h.table_size);
-  if (c.size < image.size())
-    return report(qed::Status::invalid_argument(
-        image.path() + ": size=" + std::to_string(c.size) + " is smaller than the image (" +
-        std::to_string(image.size()) + " bytes); shrinking is not supported"));
-  if (c.size > max)
-    return report(qed::Status::invalid_argument(
-        image.path() + ": cannot grow to " + std::to_string(c.size) +
-        " bytes: the largest size for cluster size " + std::to_string(h.cluster_size) +
-        " and table size " + std::to_string(h.table_size) + " is " + std::to_string(max) +
-        " bytes"));
-  return 0;
+  return report(image.check_grow(c.size));
 }
 
 int qed_get_ready() {
   return guarded([] {
     const Config &c = config();
     if (c.create) {
-      if (qed::Status s = qed::create_image(c.file, c.create_options); !s.is_ok())
+      qed::CreateOptions o = c.create_options;
+      o.backing_stores = backing_stores();
+      if (qed::Status s = qed::create_image(c.file, o); !s.is_ok())
         return report(s);
     }
     std::lock_guard lock(served_mu);
     if (open_served(true) == -1)
+      return -1;
+    if (report(qed_nbdkit::check_export_size(*served)) == -1)
       return -1;
     return check_grow(*served);
   });
@@ -217,16 +202,8 @@ int qed_zero(void *handle, uint32_t count, uint64_t offset, uint32_t flags) {
 int qed_extents(void *handle, uint32_t count, uint64_t offset, uint32_t flags,
                 struct nbdkit_extents *extents) {
   return guarded([&] {
-    const size_t max = (flags & NBDKIT_FLAG_REQ_ONE) ? 1 : 65536;
-    auto list = image_of(handle).extents(offset, count, max);
-    if (!list)
-      return report(list.status());
-    for (const qed::Extent &e : *list) {
-      const uint32_t type = e.zero ? NBDKIT_EXTENT_HOLE | NBDKIT_EXTENT_ZERO : 0;
-      if (nbdkit_add_extent(extents, e.offset, e.length, type) == -1)
-        return -1;
-    }
-    return 0;
+    return report(qed_nbdkit::add_extents(image_of(handle), count, offset,
+                                          flags & NBDKIT_FLAG_REQ_ONE, extents));
   });
 }
 
@@ -236,6 +213,7 @@ void qed_dump_plugin() {
   std::printf("qed_max_cluster_size=%u\n", qed::kMaxClusterSize);
   std::printf("qed_table_sizes=1-16\n");
   std::printf("qed_backing_formats=raw,qed\n");
+  std::printf("qed_backing_uri_schemes=nbd,nbds,nbd+unix,nbds+unix,nbd+vsock,nbds+vsock,nbd+tcp\n");
   std::printf("qed_create=yes\n");
   std::printf("qed_parallel_allocation=yes\n");
 }

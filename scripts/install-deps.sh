@@ -3,18 +3,22 @@
 # Idempotent: does nothing (and prints nothing) when everything is present.
 #   install-deps.sh         what building and serving need (and qemu-img for the demo)
 #   install-deps.sh --test  also what the whole test suite needs: clang and its
-#                           runtime (libFuzzer), fio (benchmark smoke run)
+#                           runtime (libFuzzer), fio (benchmark smoke run),
+#                           debhelper, dpkg-dev and lintian (Debian package test)
 set -euo pipefail
 
 packages=(
   nbdkit nbdkit-plugin-dev
   libboost-dev doctest-dev
   meson ninja-build g++ pkg-config
-  libnbd-bin python3-libnbd
+  libnbd-dev libnbd-bin python3-libnbd
   qemu-utils
+  perl  # pod2man and podchecker, for the man pages
 )
 if [[ ${1:-} == --test ]]; then
   packages+=(clang libclang-rt-14-dev fio qemu-utils)
+  # The Debian package test (tests/e2e/test-package.sh) and the man page test.
+  packages+=(debhelper dpkg-dev lintian git man-db)
 fi
 
 missing=()

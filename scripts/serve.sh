@@ -93,9 +93,9 @@ fi
 [[ -e $image ]] || die "$image: no such file (give an existing QED image, or none for the demo)"
 
 if [[ -n $run_cmd ]]; then
-  say "running: nbdkit -U - ${nbdkit_options[*]} qed file=$image ${keys[*]} --run '$run_cmd'"
+  say "running: nbdkit -U - ${nbdkit_options[*]:+${nbdkit_options[*]} }qed file=$image ${keys[*]:+${keys[*]} }--run '$run_cmd'"
   exec nbdkit -U - "${nbdkit_options[@]}" qed file="$image" "${keys[@]}" --run "$run_cmd"
 fi
-say "running: nbdkit -f ${nbdkit_options[*]} qed file=$image ${keys[*]}"
+say "running: nbdkit -f ${nbdkit_options[*]:+${nbdkit_options[*]} }qed file=$image${keys[*]:+ ${keys[*]}}"
 say "serving on nbd://localhost (port 10809); try: nbdinfo nbd://localhost; stop with Ctrl-C"
 exec nbdkit -f "${nbdkit_options[@]}" qed file="$image" "${keys[@]}"

@@ -65,6 +65,8 @@ run_suite() {
     --timeout-multiplier "$mult" "${test_args[@]}" || true
   # The crash-state test's count, for the record.
   grep -h '^crash states:' "$dir/meson-logs/testlog.txt" 2>/dev/null | sed "s|^|$dir: |" || true
+  # The system-call-level harness's counts (crash states, fault injections).
+  grep -h '^syscall [a-z]*:' "$dir/meson-logs/testlog.txt" 2>/dev/null | sed "s|^|$dir: |" || true
   if [[ -f $dir/meson-logs/testlog.json ]]; then
     logs+=("$dir/meson-logs/testlog.json")
   else
@@ -146,6 +148,9 @@ import json, sys
 build_failures = int(sys.argv[1])
 passed = failed = skipped = 0
 bad = []
+# The end of each failed test's output, printed again just above the summary:
+# a CI log that keeps only its last lines still says why.
+tails = []
 with open(sys.argv[2]) as extra:
     for line in extra:
         name, result = line.split()
@@ -170,8 +175,13 @@ for path in sys.argv[3:]:
             else:
                 f += 1
                 bad.append("%s: %s %s" % (path.split("/meson-logs")[0], t.get("name"), r))
+                tails.append((bad[-1], (t.get("stdout") or "").splitlines()[-25:]))
     print("%s: %d passed, %d failed, %d skipped" % (path.split("/meson-logs")[0], p, f, s))
     passed += p; failed += f; skipped += s
+for name, lines in tails:
+    print("--- last lines of %s" % name)
+    for line in lines:
+        print("    " + line)
 for b in bad:
     print("FAILED " + b)
 if build_failures:

@@ -24,6 +24,16 @@ if [[ $# -lt 1 || ! -f $1 ]]; then
 fi
 plugin=$(realpath -- "$1")
 shift
+# The front end serve_ro and refuses use (see "Front ends" at the end).
+frontend=${QED_FRONTEND:-plugin}
+filter=
+if [[ -n ${QED_FILTER:-} ]]; then
+  filter=$(realpath -- "$QED_FILTER")
+fi
+if [[ $frontend != plugin && ! -f $filter ]]; then
+  echo "$0: QED_FRONTEND=$frontend needs QED_FILTER (the built nbdkit-qed-filter.so)" >&2
+  exit 1
+fi
 
 # python3 on PATH may be a pyenv interpreter without the libnbd bindings.
 export PATH="/usr/bin:/bin:$PATH"
@@ -120,11 +130,16 @@ qed_nbdkit() {
 # private Unix socket and run the shell command CMD in captive mode ($uri is a shell
 # variable inside CMD: quote it).  Returns CMD's exit status (or nbdkit's on startup
 # failure).  A private socket under $tmp is used instead of "-U -" because nbdkit
-# leaves /tmp/nbdkitXXXXXX behind when startup fails.
+# leaves /tmp/nbdkitXXXXXX behind when startup fails.  Through the filter when
+# $frontend says so (see below).
 serve_ro() {
   local image=$1 cmd=$2
   shift 2
   rm -f "$tmp/sock"
+  if [[ $frontend != plugin ]]; then
+    serve_filter "$image" "$cmd" "$@"
+    return
+  fi
   qed_nbdkit -r -U "$tmp/sock" "$plugin" file="$image" "$@" --run "$cmd"
 }
 
@@ -139,11 +154,17 @@ serve_rw() {
 # refuses [PLUGIN-ARGS...]: nbdkit serving the plugin read-only with these arguments
 # must refuse to start: exit status 1..125 (not a signal), and the --run command must
 # not run.  Sets $refuse_rc.  Tolerates the ASan-preload exit hang (see above).
+# Through the filter (file=IMAGE among the arguments), the refusal is that no client
+# gets the export: the filter keeps nbdkit up and refuses each connection.
 refuses() {
   refuse_rc=0
   rm -f "$tmp/sock" "$tmp/ran"
-  QED_NBDKIT_TIMEOUT=8 qed_nbdkit -r -U "$tmp/sock" "$plugin" "$@" --run "touch '$tmp/ran'" ||
-    refuse_rc=$?
+  if [[ $frontend != plugin ]]; then
+    _filter_refuses "$@"
+  else
+    QED_NBDKIT_TIMEOUT=8 qed_nbdkit -r -U "$tmp/sock" "$plugin" "$@" --run "touch '$tmp/ran'" ||
+      refuse_rc=$?
+  fi
   if sanitized && [[ $refuse_rc -eq 124 || $refuse_rc -eq 137 ]] && grep -q 'error:' "$nbdkit_err"; then
     echo "(nbdkit hung at exit after reporting the error: known ASan preload issue)"
     refuse_rc=1
@@ -232,4 +253,161 @@ with open(path, "rb") as f:
     f.seek(off)
     print(int.from_bytes(f.read(size), "little"))
 PY
+}
+
+# ---- Front ends -----------------------------------------------------------------
+# QED_FRONTEND (set by tests/e2e/meson.build) chooses what serve_ro and refuses run;
+# QED_FILTER is then the path of the built nbdkit-qed-filter.so:
+#   plugin  nbdkit -r PLUGIN file=IMAGE                            (the default)
+#   file    nbdkit --filter=FILTER file IMAGE; and every image state served is
+#           first compared with the plugin's -r export of it, byte for byte and
+#           extent for extent (compare_with_plugin)
+#   memory  nbdkit --filter=FILTER data data=<IMAGE               (a copy in RAM)
+#   nbd     nbdkit --filter=FILTER nbd socket=S, where S is another nbdkit serving
+#           a memory disk into which nbdcopy copied IMAGE
+# Plugin arguments become the filter's keys (cache-size= -> qed-cache-size=), and an
+# image with a backing file gets qed-backing= naming the file its header names,
+# resolved as the plugin would (the filter cannot resolve it itself).
+# (frontend and filter are set at the top, before the cd into $tmp.)
+
+# How the filter's messages name the image it reads.
+filter_image_name="the plugin's export"
+
+# _filter_args IMAGE [PLUGIN-ARGS...]: sets _fargs to the filter's keys.
+_filter_args() {
+  local image=$1 a backing
+  shift
+  _fargs=()
+  for a in "$@"; do
+    case $a in
+      cache-size=*|check=*) _fargs+=("qed-$a") ;;
+      *) fail "no filter key for plugin argument $a" ;;
+    esac
+  done
+  if [[ -f $image ]] && backing=$(_backing_path "$image") && [[ -n $backing ]]; then
+    _fargs+=("qed-backing=$backing")
+  fi
+}
+
+# _backing_path IMAGE: the backing file IMAGE's header names, resolved against the
+# image's folder as the plugin does; nothing if none (or not a QED header).
+_backing_path() {
+  /usr/bin/python3 - "$1" <<'PY'
+import os, struct, sys
+p = sys.argv[1]
+with open(p, "rb") as f:
+    h = f.read(64)
+    if len(h) < 64 or h[:4] != b"QED\0":
+        sys.exit(0)
+    features, = struct.unpack_from("<Q", h, 16)
+    off, size = struct.unpack_from("<II", h, 56)
+    if not features & 1 or size == 0 or size > 4096:
+        sys.exit(0)
+    f.seek(off)
+    name = f.read(size).decode("utf-8", "surrogateescape")
+if "\0" in name:
+    sys.exit(0)
+print(name if name.startswith("/") else os.path.join(os.path.dirname(os.path.abspath(p)), name))
+PY
+}
+
+# _filter_plugin IMAGE: sets _below to the plugin and its arguments for $frontend.
+_filter_plugin() {
+  local image
+  image=$(realpath -m -- "$1")
+  case $frontend in
+    file) _below=(file "$image") ;;
+    memory) _below=(data "data=<$image") ;;
+    nbd) _below=(nbd "socket=$tmp/below.sock") ;;
+    *) fail "unknown QED_FRONTEND=$frontend" ;;
+  esac
+}
+
+# _start_below IMAGE / _stop_below: for the nbd front end, another nbdkit holding a
+# copy of IMAGE in a memory disk, on $tmp/below.sock.
+_below_pid=
+_start_below() {
+  [[ $frontend == nbd ]] || return 0
+  rm -f "$tmp/below.sock" "$tmp/below.pid"
+  nbdkit -f --exit-with-parent -U "$tmp/below.sock" -P "$tmp/below.pid" \
+    memory "$(stat -c %s "$1")" &
+  _below_pid=$!
+  local i
+  for ((i = 0; i < 300; i++)); do
+    [[ -s $tmp/below.pid ]] && break
+    sleep 0.02
+  done
+  [[ -s $tmp/below.pid ]] || fail "the nbd server below did not start"
+  nbdcopy "$1" "nbd+unix:///?socket=$tmp/below.sock" || fail "nbdcopy of $1 into the server below"
+}
+_stop_below() {
+  [[ -n $_below_pid ]] || return 0
+  kill "$_below_pid" 2>/dev/null || true
+  wait "$_below_pid" 2>/dev/null || true
+  _below_pid=
+}
+
+# serve_filter IMAGE CMD [PLUGIN-ARGS...]: serve_ro through the filter.
+serve_filter() {
+  local image=$1 cmd=$2 rc=0
+  shift 2
+  _filter_args "$image" "$@"
+  [[ $frontend == file ]] && compare_with_plugin "$image" "$@"
+  _filter_plugin "$image"
+  _start_below "$image"
+  rm -f "$tmp/sock"
+  qed_nbdkit -U "$tmp/sock" --filter="$filter" "${_below[@]}" "${_fargs[@]}" --run "$cmd" || rc=$?
+  _stop_below
+  return "$rc"
+}
+
+# _filter_refuses [PLUGIN-ARGS...]: refuses, through the filter: no client may get
+# the export.
+_filter_refuses() {
+  local a image= rest=()
+  for a in "$@"; do
+    case $a in
+      file=*) image=${a#file=} ;;
+      *) rest+=("$a") ;;
+    esac
+  done
+  [[ -n $image ]] || fail "refuses: no file= argument"
+  [[ $frontend != nbd ]] || fail "refuses: not through the nbd front end"
+  _filter_args "$image" "${rest[@]}"
+  _filter_plugin "$image"
+  QED_NBDKIT_TIMEOUT=8 qed_nbdkit -U "$tmp/sock" --filter="$filter" "${_below[@]}" "${_fargs[@]}" \
+    --run "nbdinfo --size \"\$uri\" >/dev/null && touch '$tmp/ran'" || refuse_rc=$?
+}
+
+# compare_with_plugin IMAGE [PLUGIN-ARGS...]: the filter over the file plugin must
+# serve exactly what the plugin serves with -r: the same bytes (nbdcopy) and the
+# same extents (nbdinfo --map, unmerged); an image the plugin cannot read whole (a
+# corrupt entry) the filter cannot read whole either.  Once per image state and
+# arguments.
+declare -A _compared=()
+compare_with_plugin() {
+  local image=$1 key p f prc=0 frc=0
+  shift
+  key="$(realpath -m -- "$image") $(stat -c '%s %y %i' "$image" 2>/dev/null) $*"
+  [[ -z ${_compared[$key]:-} ]] || return 0
+  _compared[$key]=1
+  p="$tmp/cmp.plugin" f="$tmp/cmp.filter"
+  rm -f "$p.raw" "$f.raw" "$p.map" "$f.map" "$tmp/sock"
+  qed_nbdkit -r -U "$tmp/sock" "$plugin" file="$image" "$@" \
+    --run "nbdcopy \"\$uri\" '$p.raw' && nbdinfo --map \"\$uri\" >'$p.map'" || prc=$?
+  _filter_args "$image" "$@"
+  rm -f "$tmp/sock"
+  qed_nbdkit -U "$tmp/sock" --filter="$filter" file "$(realpath -- "$image")" "${_fargs[@]}" \
+    --run "nbdcopy \"\$uri\" '$f.raw' && nbdinfo --map \"\$uri\" >'$f.map'" || frc=$?
+  if (( prc != 0 )); then
+    (( frc != 0 )) || fail "$image: the filter read all of an image the plugin cannot read"
+    echo "(the filter, like the plugin, cannot read all of $image $*)" >&2
+  else
+    (( frc == 0 )) || fail "$image: the filter did not serve what the plugin serves"
+    same_raw "$p.raw" "$f.raw" || fail "$image: the filter's bytes differ from the plugin's"
+    diff -u "$p.map" "$f.map" ||
+      fail "$image: the filter's extents differ from the plugin's (- plugin, + filter)"
+    echo "(the filter serves what the plugin serves: $image $*)" >&2
+  fi
+  rm -f "$p.raw" "$f.raw" "$p.map" "$f.map"
 }

@@ -24,6 +24,8 @@ must_refuse() {
   shift 2
   echo "== $what"
   refuses file="$file" || fail "$what: nbdkit did not refuse $file cleanly"
+  # The filter names the image by where it reads it from, not by a file name.
+  [[ $frontend == plugin ]] || set -- "$@" "$filter_image_name"
   local n ok=
   for n in "$@"; do
     if grep -qF -- "$n" "$nbdkit_err"; then ok=1; fi
@@ -186,5 +188,21 @@ assert h.pread(4096, 12288) == b\"\\x51\" * 4096
 assert h.pread(4096, 16384) == bytes(4096)
 h.shutdown()
 " "$uri"' || fail "misaligned L2 entry"
+
+echo "== an image larger than NBD can serve (2^63 bytes or more)"
+rm -f big.qed
+serve_rw big.qed true create=true cluster-size=64M table-size=16 size=1G ||
+  fail "could not create big.qed"
+poke big.qed $OFF_SIZE 8 9223372036854777856  # 2^63 + 2048, valid for QED
+must_refuse "image over 2^63-1 bytes" big.qed big.qed
+grep -q 'larger than NBD can serve' "$nbdkit_err" || fail "the refusal does not say why"
+
+if [[ $frontend == plugin ]]; then
+  echo "== create=true with backing= and allow-backing=false leaves nothing behind"
+  rm -f nob.qed
+  refuses file=nob.qed create=true size=1M backing=good.qed allow-backing=false ||
+    fail "create with a backing file and allow-backing=false was accepted"
+  [[ ! -e nob.qed ]] || fail "the refused create left nob.qed behind"
+fi
 
 echo "PASS"

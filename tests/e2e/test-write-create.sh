@@ -185,4 +185,21 @@ grep -q 17179869184 "$nbdkit_err" || fail "grow past the maximum: the message do
 cmp grow4k.qed before.qed || fail "a refused grow changed the image"
 serve_rw grow4k.qed "nbdinfo --size \"\$uri\" >size.out" size=16G || fail "grow to exactly 16 GiB failed"
 [[ $(vsize grow4k.qed) -eq $((16 * GiB)) ]] || fail "grow to 16G: qemu-img info says $(vsize grow4k.qed)"
+echo "== grow over a backing file larger than the image is refused (it would show its data)"
+rm -f gb.raw gb.qed
+/usr/bin/python3 -c "open('gb.raw','wb').write(b'\\xbb' * (4 << 20))"
+qemu-img create -q -f qed -b gb.raw -F raw gb.qed 1M
+cp gb.qed gb-before.qed
+rm -f ran
+rc=0
+refused_rw gb.qed 'touch ran' size=8M || rc=$?
+[[ $rc -ne 0 && ! -e ran ]] || fail "grow to 8M over a 4M backing file was accepted"
+grep -q 1048576 "$nbdkit_err" && grep -q 4194304 "$nbdkit_err" && grep -q 8388608 "$nbdkit_err" ||
+  fail "the refusal does not name the image size, the backing file size and the new size"
+cmp gb.qed gb-before.qed || fail "a refused grow changed the image"
+# Up to the backing file's size it is no better; once the image is at least as
+# large as its backing file, growing is fine: the new space reads as zeroes.
+qemu-img create -q -f qed -b gb.raw -F raw gb2.qed 4M
+serve_rw gb2.qed "nbdinfo --size \"\$uri\" >size.out" size=8M || fail "grow of a 4M image over a 4M backing file failed"
+qio_ok gb2.qed 'read -P 0xbb 0 4M' 'read -P 0 4M 4M' || fail "grown over its backing file: wrong data"
 echo "test-write-create: PASS"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regression tests for QEMU's QED data-loss bugs (qemu-qed-findings.md 7.2), done
+# Regression tests for QEMU's QED data-loss bugs (docs/compared-with-qemu.md), done
 # through the plugin, which must not have them; plus nbdkit 1.32's >64 MiB zero
 # fallback bug and a crash (kill -9) after FUA writes.
 #   bug 1: runs of >= cluster_size-1 clusters (4 KiB clusters, table_size 8): a

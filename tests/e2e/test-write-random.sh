@@ -72,7 +72,7 @@ run_case() {
   same_raw ref.raw out.raw || fail "$name: the export differs from the model (seed $s)"
   if (( ts == 1 )); then
     need_check_clear "$img"
-    # QEMU cannot open table_size=1 images (qemu-qed-findings.md 7.2 bug 2).
+    # QEMU cannot open table_size=1 images (docs/compared-with-qemu.md).
     rm -f "$img" ref.raw ref.raw.windows out.raw
     return
   fi
@@ -88,7 +88,7 @@ run_case() {
   fi
   if [[ -n $backing ]]; then
     # Whole clusters only: a partial qemu write into a zero cluster would copy
-    # backing data into the rest of it (QEMU bug 4, qemu-qed-findings.md 7.2).
+    # backing data into the rest of it (a QEMU bug: docs/compared-with-qemu.md).
     local i w
     for i in "${!writes[@]}"; do
       read -r -a w <<<"${writes[i]}"

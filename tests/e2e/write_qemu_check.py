@@ -5,7 +5,7 @@
 
 Fails (exit 1, with the report on stderr) if qemu finds corruptions or check errors,
 or leaked clusters.  QEMU 7.2 counts clusters with `bytes / (cluster_size - 1)`
-(qemu-qed-findings.md 7.2 bug 1), so on a file of k clusters it reports
+(a QEMU bug, see docs/compared-with-qemu.md), so on a file of k clusters it reports
 floor(k / (cluster_size - 1)) leaks that do not exist; exactly that many are
 tolerated and any other leak count fails, unless --allow-leaks (after a crash,
 leaked clusters are allowed).

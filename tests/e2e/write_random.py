@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """Randomized differential test of the write path (used by test-write-random.sh).
 
-    write_random.py URI REF SEED NREQ --cluster-size CS --table-size TS [--backing RAW]
+    write_random.py URI REF SEED NREQ --cluster-size CS --table-size TS
+                    [--backing RAW | --backing-uri BASE-URI]
         (writes REF and REF.windows, the byte ranges requests went to)
     write_random.py --patch REF OFFSET LENGTH BYTE [OFFSET LENGTH BYTE...]
 
@@ -11,7 +12,9 @@ flight with the libnbd async API: byte-granular pwrite (some FUA), zero (NO_HOLE
 FAST_ZERO, FUA), trim (some FUA), flush, pread and block status.  A reference model
 of the disk is updated in the order requests are issued; every read and every
 block-status reply is checked against it.  At the end the model is written to REF
-(a sparse raw file) for the caller to compare the whole export with.
+(a sparse raw file) for the caller to compare the whole export with.  The image's
+raw backing file is --backing (a local file) or --backing-uri (read through NBD
+from the server that holds it, when the backing file is on an NBD server).
 
 Determinism: each thread owns disjoint byte ranges ("slices") of the disk, so the
 model does not depend on how threads interleave.  Slices are cut at offsets that
@@ -392,7 +395,7 @@ class Worker:
         except nbd.Error as e:
             del self.inflight[cookie]
             if (req["op"] == "zero" and req["flags"] & nbd.CMD_FLAG_FAST_ZERO and
-                    e.errno in (95,)):  # ENOTSUP/EOPNOTSUPP: do a normal zero instead
+                    e.errno in ("ENOTSUP", "EOPNOTSUPP")):  # .errno is the name: do a normal zero instead
                 self.fast_zero_enotsup += 1
                 retry = dict(req, flags=req["flags"] & ~nbd.CMD_FLAG_FAST_ZERO)
                 self.issue(retry)
@@ -471,6 +474,18 @@ class Worker:
                 traceback.print_exc()
 
 
+def read_export(uri):
+    """All the bytes of an NBD export."""
+    b = nbd.NBD()
+    b.connect_uri(uri)
+    n = b.get_size()
+    out = bytearray()
+    while len(out) < n:
+        out += b.pread(min(4 * MiB, n - len(out)), len(out))
+    b.shutdown()
+    return bytes(out)
+
+
 def patch(ref, off, n, byte):
     with open(ref, "r+b") as f:
         f.seek(off)
@@ -491,6 +506,7 @@ def main():
     ap.add_argument("--cluster-size", type=int, required=True)
     ap.add_argument("--table-size", type=int, required=True)
     ap.add_argument("--backing")
+    ap.add_argument("--backing-uri")
     ap.add_argument("--conns", type=int, default=4)
     ap.add_argument("--inflight", type=int, default=4)
     a = ap.parse_args()
@@ -507,6 +523,8 @@ def main():
     if a.backing:
         with open(a.backing, "rb") as f:
             base = f.read()
+    elif a.backing_uri:
+        base = read_export(a.backing_uri)
     rng = random.Random(a.seed)
     slices, l2span, windows = make_slices(size, a.cluster_size, a.table_size, len(base), rng, a.conns)
     model = Model(size, base)
@@ -516,7 +534,7 @@ def main():
         print("write_random: this file system cannot punch holes: trims change nothing")
     per = a.nreq // a.conns
     workers = [Worker(i, a.uri, model, slices[i], per, a.seed, a.cluster_size, l2span,
-                      a.inflight, bool(a.backing), touched, punch) for i in range(a.conns)]
+                      a.inflight, bool(a.backing or a.backing_uri), touched, punch) for i in range(a.conns)]
     t0 = time.time()
     threads = [threading.Thread(target=w.run) for w in workers]
     for t in threads:

@@ -58,7 +58,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     fuzz::fail("the repair found other problems than the report: " + repaired->summary() +
                " against " + report->summary());
   auto again = qed::check_image(file, h, qed::CheckMode::kReport);
-  if (!again || !again->consistent()) {
+  if (!again || !again->clean()) {
     for (const std::string &p : repaired->problems)
       std::fprintf(stderr, "repaired: %s\n", p.c_str());
     if (again)

@@ -318,7 +318,7 @@ void exercise_read_write(std::vector<uint8_t> file, const std::vector<uint64_t> 
     fail("NEED_CHECK is still set after a clean close");
   BytesFile bytes(after.data(), after.size());
   auto report = qed::check_image(bytes, h, qed::CheckMode::kReport);
-  if (!report || !report->consistent())
+  if (!report || !report->clean())
     fail("the check after a clean close finds: " +
          (report ? report->problems.front() : report.status().message()));
   auto again = open_memory(after, true, qed::CheckPolicy::kOff);

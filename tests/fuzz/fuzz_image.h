@@ -27,7 +27,7 @@ public:
   qed::Status sync() override { return qed::Status::ok(); }
   qed::Result<uint64_t> size() override { return uint64_t(size_); }
   qed::Status truncate(uint64_t) override { return refuse(); }
-  qed::Status extend_to(uint64_t) override { return refuse(); }
+  qed::Status extend_to(uint64_t, uint64_t) override { return refuse(); }
   qed::Status punch_hole(uint64_t, uint64_t) override { return refuse(); }
   qed::Status zero_range(uint64_t, uint64_t) override { return refuse(); }
 

@@ -111,6 +111,7 @@ private:
   const GeometryChoice geo_;
   const std::string path_;
   const uint64_t cache_bytes_;
+  const uint64_t base_bytes_;  // the backing file's size (0 without one)
   DiskModel model_;    // what the disk reads now
   DiskModel at_open_;  // what it read when this session's open returned
   std::shared_ptr<qed::MemoryFile> mem_;

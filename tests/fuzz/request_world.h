@@ -44,6 +44,8 @@ void fill_data(uint64_t id, uint64_t pos, uint8_t *out, uint64_t n);
 // of them is all zero.
 void fill_base(Below below, uint64_t pos, uint8_t *out, uint64_t n);
 bool base_is_zero(Below below, uint64_t pos, uint64_t n);
+// The size of the backing file (its virtual size for QED), 0 without one.
+uint64_t base_bytes(Below below);
 
 // fail()s with `what` and the message unless `s` is ok.
 void check_ok(const qed::Status &s, const std::string &what);

@@ -91,9 +91,10 @@ Status MemoryFile::truncate(uint64_t size) {
   return Status::ok();
 }
 
-Status MemoryFile::extend_to(uint64_t size) {
+Status MemoryFile::extend_to(uint64_t size, uint64_t preferred) {
   std::unique_lock lock(mu_);
-  size_ = std::max(size_, size);
+  if (size_ < size)
+    size_ = std::max(size, preferred);
   return Status::ok();
 }
 
@@ -190,6 +191,7 @@ Status FaultFile::pread(void *buf, size_t count, uint64_t offset) {
 
 Status FaultFile::pwrite(const void *buf, size_t count, uint64_t offset) {
   QED_RETURN_IF_ERROR(maybe_fail(FileOp::kWrite));
+  std::lock_guard order(order_mu_);
   QED_RETURN_IF_ERROR(inner_->pwrite(buf, count, offset));
   record(FileOp::kWrite, offset, count, buf);
   return Status::ok();
@@ -197,6 +199,7 @@ Status FaultFile::pwrite(const void *buf, size_t count, uint64_t offset) {
 
 Status FaultFile::sync() {
   QED_RETURN_IF_ERROR(maybe_fail(FileOp::kSync));
+  std::lock_guard order(order_mu_);
   QED_RETURN_IF_ERROR(inner_->sync());
   record(FileOp::kSync, 0, 0, nullptr);
   return Status::ok();
@@ -204,20 +207,26 @@ Status FaultFile::sync() {
 
 Status FaultFile::truncate(uint64_t size) {
   QED_RETURN_IF_ERROR(maybe_fail(FileOp::kTruncate));
+  std::lock_guard order(order_mu_);
   QED_RETURN_IF_ERROR(inner_->truncate(size));
   record(FileOp::kTruncate, size, 0, nullptr);
   return Status::ok();
 }
 
-Status FaultFile::extend_to(uint64_t size) {
+Status FaultFile::extend_to(uint64_t size, uint64_t preferred) {
   QED_RETURN_IF_ERROR(maybe_fail(FileOp::kExtend));
-  QED_RETURN_IF_ERROR(inner_->extend_to(size));
-  record(FileOp::kExtend, size, 0, nullptr);
+  // Only an extension that grows the file is an operation worth recording.
+  std::lock_guard order(order_mu_);
+  auto before = inner_->size();
+  QED_RETURN_IF_ERROR(inner_->extend_to(size, preferred));
+  if (!before || *before < size)
+    record(FileOp::kExtend, std::max(size, preferred), 0, nullptr);
   return Status::ok();
 }
 
 Status FaultFile::punch_hole(uint64_t offset, uint64_t count) {
   QED_RETURN_IF_ERROR(maybe_fail(FileOp::kPunch));
+  std::lock_guard order(order_mu_);
   QED_RETURN_IF_ERROR(inner_->punch_hole(offset, count));
   record(FileOp::kPunch, offset, count, nullptr);
   return Status::ok();
@@ -225,6 +234,7 @@ Status FaultFile::punch_hole(uint64_t offset, uint64_t count) {
 
 Status FaultFile::zero_range(uint64_t offset, uint64_t count) {
   QED_RETURN_IF_ERROR(maybe_fail(FileOp::kZero));
+  std::lock_guard order(order_mu_);
   QED_RETURN_IF_ERROR(inner_->zero_range(offset, count));
   record(FileOp::kZero, offset, count, nullptr);
   return Status::ok();

@@ -29,7 +29,7 @@ public:
   Status sync() override { return Status::ok(); }
   Result<uint64_t> size() override;
   Status truncate(uint64_t size) override;
-  Status extend_to(uint64_t size) override;
+  Status extend_to(uint64_t size, uint64_t preferred = 0) override;
   Status punch_hole(uint64_t offset, uint64_t count) override;
   Status zero_range(uint64_t offset, uint64_t count) override;
 
@@ -84,7 +84,7 @@ public:
   Status sync() override;
   Result<uint64_t> size() override { return inner_->size(); }
   Status truncate(uint64_t size) override;
-  Status extend_to(uint64_t size) override;
+  Status extend_to(uint64_t size, uint64_t preferred = 0) override;
   Status punch_hole(uint64_t offset, uint64_t count) override;
   Status zero_range(uint64_t offset, uint64_t count) override;
 
@@ -100,6 +100,11 @@ private:
 
   std::shared_ptr<File> inner_;
   std::atomic<uint64_t> calls_[size_t(FileOp::kCount)] = {};
+  // Held across each mutating call and its record, so that the log's order is
+  // the order in which the calls took effect: crash simulation depends on it
+  // (a write that landed before a sync but was logged after it would look
+  // optional to a crash after that sync).
+  std::mutex order_mu_;
   mutable std::mutex mu_;
   Plan plans_[size_t(FileOp::kCount)];  // guarded by mu_
   bool recording_ = false;              // guarded by mu_

@@ -70,7 +70,9 @@ public:
   qed::Status sync() override { return inner_->sync(); }
   qed::Result<uint64_t> size() override { return inner_->size(); }
   qed::Status truncate(uint64_t size) override { return inner_->truncate(size); }
-  qed::Status extend_to(uint64_t size) override { return inner_->extend_to(size); }
+  qed::Status extend_to(uint64_t size, uint64_t preferred = 0) override {
+    return inner_->extend_to(size, preferred);
+  }
   qed::Status punch_hole(uint64_t offset, uint64_t count) override {
     return inner_->punch_hole(offset, count);
   }

@@ -451,4 +451,101 @@ TEST_CASE("a missing backing file and a name with a NUL byte are errors") {
   }
 }
 
+// The filter's situation: the image comes from somewhere that is not a folder
+// (a MemoryFile named like no path), so the base is named by the caller.
+TEST_CASE("a backing override replaces the name the image stores, for that level only") {
+  using Format = qed::BackingOverride::Format;
+  qt::TempDir dir;
+  qt::TempDir other;
+  // The stored name "base.raw" exists nowhere; the override is other/b.qed,
+  // a QED image whose own relative backing name resolves beside it.
+  std::vector<uint8_t> raw(MiB);
+  qt::fill_pattern(raw.data(), raw.size(), 7);
+  qt::write_whole_file(other.file("under.raw"), raw);
+  qt::make_image(other.file("b.qed"), 2 * MiB, 4096, 4, "under.raw", "raw");
+  // t.qed names base.raw, which is gone by the time the image is opened;
+  // `format` "raw" sets the image's no-probe flag, "qed" leaves it clear.
+  auto make_top = [&](const std::string &format) {
+    if (format == "raw")
+      qt::write_whole_file(dir.file("base.raw"), std::vector<uint8_t>(4096, 1));
+    else
+      qt::make_image(dir.file("base.raw"), MiB, 4096, 4);
+    std::filesystem::remove(dir.file("t.qed"));
+    qt::make_image(dir.file("t.qed"), 2 * MiB, 65536, 4, "base.raw", format);
+    std::filesystem::remove(dir.file("base.raw"));
+  };
+  make_top("raw");
+  auto top_file = [&] {
+    return std::make_unique<qt::SharedFile>(
+        std::make_shared<qed::MemoryFile>(qt::read_whole_file(dir.file("t.qed")), "<plugin>"));
+  };
+  auto open_with = [&](std::optional<qed::BackingOverride> base) {
+    qed::OpenOptions o;
+    o.backing_override = std::move(base);
+    qed::ChainState chain;
+    return Image::open_file("<plugin>", top_file(), o, chain);
+  };
+
+  SUBCASE("without the override the stored name fails") {
+    auto r = open_with(std::nullopt);
+    REQUIRE(!r.is_ok());
+    CHECK(r.status().message().find("base.raw") != std::string::npos);
+  }
+  // Were the override passed down, b.qed's own backing file would be b.qed:
+  // a loop, not under.raw.
+  SUBCASE("a QED base, forced or probed; its own backing file as usual") {
+    for (Format f : {Format::kQed, Format::kAsImageSays}) {
+      // kAsImageSays would read the base raw here (the image says raw), so
+      // the probed case uses a top without the raw flag.
+      if (f == Format::kAsImageSays)
+        make_top("qed");
+      CAPTURE(int(f));
+      auto r = open_with(qed::BackingOverride{other.file("b.qed"), f});
+      INFO(r.status().message());
+      REQUIRE(r.is_ok());
+      std::vector<uint8_t> want(2 * MiB, 0);
+      std::copy(raw.begin(), raw.end(), want.begin());
+      QT_CHECK_SAME(qt::read_all(**r), want);
+      CHECK((*r)->description().find(other.file("b.qed")) != std::string::npos);
+      CHECK((*r)->description().find(other.file("under.raw")) != std::string::npos);
+    }
+  }
+  SUBCASE("a raw base, as the image says or forced over a QED file") {
+    auto r = open_with(qed::BackingOverride{other.file("under.raw"), Format::kAsImageSays});
+    INFO(r.status().message());
+    REQUIRE(r.is_ok());
+    std::vector<uint8_t> want(2 * MiB, 0);
+    std::copy(raw.begin(), raw.end(), want.begin());
+    QT_CHECK_SAME(qt::read_all(**r), want);
+
+    make_top("qed");
+    auto forced = open_with(qed::BackingOverride{other.file("b.qed"), Format::kRaw});
+    INFO(forced.status().message());
+    REQUIRE(forced.is_ok());
+    const auto bytes = qt::read_whole_file(other.file("b.qed"));
+    const auto got = qt::read_all(**forced);
+    REQUIRE(got.size() == 2 * MiB);
+    CHECK(std::equal(bytes.begin(), bytes.end(), got.begin()));
+  }
+  SUBCASE("forcing qed on a raw file fails, naming both names") {
+    auto r = open_with(qed::BackingOverride{other.file("under.raw"), Format::kQed});
+    REQUIRE(!r.is_ok());
+    CHECK(r.status().message().find("\"base.raw\"") != std::string::npos);
+    CHECK(r.status().message().find(other.file("under.raw")) != std::string::npos);
+  }
+  SUBCASE("a missing base fails, naming it") {
+    auto r = open_with(qed::BackingOverride{other.file("gone.qed"), Format::kAsImageSays});
+    REQUIRE(!r.is_ok());
+    CHECK(r.status().message().find(other.file("gone.qed")) != std::string::npos);
+  }
+  SUBCASE("an image without a backing file refuses an override") {
+    std::filesystem::remove(dir.file("t.qed"));
+    qt::make_image(dir.file("t.qed"), 2 * MiB, 65536, 4);
+    auto r = open_with(qed::BackingOverride{other.file("b.qed"), Format::kQed});
+    REQUIRE(!r.is_ok());
+    CHECK(r.status().code() == Code::kInvalidArgument);
+    CHECK(r.status().message().find(other.file("b.qed")) != std::string::npos);
+  }
+}
+
 TEST_SUITE_END();

@@ -114,33 +114,112 @@ std::vector<uint8_t> read_image(const std::string &path, std::shared_ptr<qed::Fi
   return qt::read_all(*img);
 }
 
+
+// What was durable at the last flush that succeeded, and which bytes changed
+// (or may have) since: after a refusal, only the others must read back so.
+struct Flushed {
+  Model at_flush;
+  std::vector<uint8_t> touched = std::vector<uint8_t>(kSize, 0);
+
+  void flushed(const Model &m) {
+    at_flush = m;
+    std::fill(touched.begin(), touched.end(), 0);
+  }
+  void touch(const Op &op) {
+    if (op.kind != Op::kFlush)
+      std::fill_n(touched.begin() + int64_t(op.pos), op.len, 1);
+  }
+  // First byte, durable at the last good flush and not touched since, that
+  // reads back otherwise; or -1.
+  int64_t mismatch(const std::vector<uint8_t> &got) const {
+    for (size_t i = 0; i < got.size(); i++)
+      if (!touched[i] && at_flush.known[i] && got[i] != at_flush.bytes[i])
+        return int64_t(i);
+    return -1;
+  }
+};
+
+bool is_refusal(const Status &s) {
+  return !s.is_ok() && s.errno_value() == EIO &&
+         s.message().find("refused since a flush failed") != std::string::npos;
+}
+
+// After a flush failed in a sync or a metadata write: writes, zeroes, trims
+// and flushes are refused, reads still see every acknowledged byte, and the
+// file, reopened (repaired), holds everything the last good flush made durable.
+void check_refusing(qt::MemImage &mi, std::unique_ptr<Image> &img, const Model &m,
+                    const Flushed &f) {
+  std::vector<uint8_t> b(100, 0x5a);
+  CHECK(is_refusal(img->write(b.data(), b.size(), 3 * kCs, false)));
+  CHECK(is_refusal(img->zero(0, kCs, qed::ZeroFlags{})));
+  CHECK(is_refusal(img->trim(0, kCs, false)));
+  CHECK(is_refusal(img->flush()));
+  CHECK(m.mismatch(qt::read_all(*img)) == -1);
+  mi.last_fault->clear_failures();
+  CHECK(is_refusal(img->close()));  // writes nothing: NEED_CHECK stays set
+  img.reset();
+  auto re = qt::open_mem(mi, qt::rw_options());  // repairs
+  CHECK(qt::check_structure(mi.mem->contents()).empty());
+  const int64_t bad = f.mismatch(qt::read_all(*re));
+  INFO("first byte lost from the last good flush: " << bad);
+  CHECK(bad == -1);
+}
+
+// Runs the workload, keeping `f` up to date; returns the failures seen and
+// sets `refusing` once the image refuses writes.
+int run_workload(Image &img, Model &m, Flushed &f, const std::vector<Op> &ops, bool &refusing) {
+  int failures = 0;
+  for (const Op &op : ops) {
+    f.touch(op);
+    const Status s = apply(img, m, op);
+    if (s.is_ok()) {
+      CHECK(!refusing);
+      if (op.kind == Op::kFlush)
+        f.flushed(m);
+      continue;
+    }
+    failures++;
+    INFO(s.message());
+    if (refusing) {
+      CHECK(is_refusal(s));
+    } else {
+      CHECK((s.errno_value() == EIO || s.errno_value() == ENOSPC));
+      CHECK(s.message().find("injected") != std::string::npos);
+      refusing = is_refusal(img.flush());
+    }
+  }
+  return failures;
+}
 }  // namespace
 
-TEST_CASE("the Nth write, sync or extend fails: errors, then a retried flush keeps all acknowledged data") {
+TEST_CASE("the Nth write, sync or extend fails: that request fails; a failed flush makes the image refuse writes until reopened") {
   const auto ops = workload(1, 30);
   qt::TempDir dir;
   qt::MemImage mi = qt::MemImage::create(dir, "f.qed", kSize, kCs, kTs);
   const std::vector<uint8_t> fresh = mi.mem->contents();
   for (FileOp failing : {FileOp::kWrite, FileOp::kSync, FileOp::kExtend}) {
-    int runs_with_a_failure = 0;
-    for (uint64_t nth = 1; nth <= 30; nth++) {
+    int runs_with_a_failure = 0, runs_refusing = 0;
+    for (uint64_t nth = 1; nth <= 40; nth++) {
       CAPTURE(int(failing));
       CAPTURE(nth);
       mi.mem = std::make_shared<qed::MemoryFile>(fresh, mi.path);
       Model m;
+      Flushed f;
       auto img = qt::open_mem(mi, qt::rw_options());
-      mi.last_fault->fail_nth(failing, nth, EIO);
-      int failures = 0;
-      for (const Op &op : ops) {
-        const Status s = apply(*img, m, op);
-        if (!s.is_ok()) {
-          failures++;
-          CHECK(s.errno_value() == EIO);
-          CHECK(s.code() == Status::Code::kIoError);
-          CHECK(s.message().find("injected") != std::string::npos);
-        }
+      mi.last_fault->fail_nth(failing, nth, failing == FileOp::kExtend ? ENOSPC : EIO);
+      bool refusing = false;
+      const int failures = run_workload(*img, m, f, ops, refusing);
+      CHECK(failures <= (refusing ? 30 : 1));
+      runs_with_a_failure += failures > 0;
+      if (failing == FileOp::kSync && failures > 0)
+        CHECK(refusing);  // a failed sync always ends in refusal
+      if (failing == FileOp::kExtend)
+        CHECK(!refusing);  // nothing reached the disk: later flushes may work
+      if (refusing) {
+        runs_refusing++;
+        check_refusing(mi, img, m, f);
+        continue;
       }
-      CHECK(failures <= 1);
       mi.last_fault->clear_failures();
       const Status fs = img->flush();
       INFO(fs.message());
@@ -161,31 +240,38 @@ TEST_CASE("the Nth write, sync or extend fails: errors, then a retried flush kee
       auto re = qt::open_mem(mi, qt::rw_options());
       CHECK(!re->header().needs_check());
       CHECK(m.mismatch(qt::read_all(*re)) == -1);
-      runs_with_a_failure += failures;
       if (failures == 0 && nth > 1)
         break;  // the workload made fewer calls than nth: later nth change nothing
     }
     CAPTURE(int(failing));
     CHECK(runs_with_a_failure >= (failing == FileOp::kExtend ? 2 : 5));
+    if (failing != FileOp::kExtend)
+      CHECK(runs_refusing >= 2);
   }
 }
 
-TEST_CASE("random failures of writes, syncs and extends; flush retried until it works") {
+TEST_CASE("random failures of writes, syncs and extends: acknowledged data survives, refused or not") {
   qt::TempDir dir;
   qt::MemImage mi = qt::MemImage::create(dir, "r.qed", kSize, kCs, kTs);
   const std::vector<uint8_t> fresh = mi.mem->contents();
-  for (uint64_t seed = 1; seed <= 12; seed++) {
+  int refused = 0;
+  for (uint64_t seed = 1; seed <= 16; seed++) {
     CAPTURE(seed);
     mi.mem = std::make_shared<qed::MemoryFile>(fresh, mi.path);
     Model m;
+    Flushed f;
     auto img = qt::open_mem(mi, qt::rw_options());
     mi.last_fault->fail_one_in(FileOp::kWrite, 7, seed, EIO);
-    mi.last_fault->fail_one_in(FileOp::kSync, 5, seed * 3, EIO);
+    mi.last_fault->fail_one_in(FileOp::kSync, 9, seed * 3, EIO);
     mi.last_fault->fail_one_in(FileOp::kExtend, 5, seed * 7, ENOSPC);
-    int failures = 0;
-    for (const Op &op : workload(seed + 100, 60))
-      failures += !apply(*img, m, op).is_ok();
+    bool refusing = false;
+    const int failures = run_workload(*img, m, f, workload(seed + 100, 60), refusing);
     CHECK(failures > 0);  // the test exercises something
+    if (refusing) {
+      refused++;
+      check_refusing(mi, img, m, f);
+      continue;
+    }
     mi.last_fault->clear_failures();
     const Status fs = img->flush();
     INFO(fs.message());
@@ -200,30 +286,66 @@ TEST_CASE("random failures of writes, syncs and extends; flush retried until it 
     auto re = qt::open_mem(mi, qt::rw_options());
     CHECK(m.mismatch(qt::read_all(*re)) == -1);
   }
+  CHECK(refused > 0);
 }
 
-TEST_CASE("a failed flush leaves the image usable: more writes, then a good flush") {
+TEST_CASE("a failed metadata write: later writes and flushes fail with EIO, reads go on, a reopen repairs") {
+  // Before this rule, a later flush that worked wrote L2 entries pointing at
+  // data whose failed sync may have dropped it (fsyncgate).
   qt::TempDir dir;
   qt::MemImage mi = qt::MemImage::create(dir, "ff.qed", kSize, kCs, kTs);
   Model m;
+  Flushed f;
   auto img = qt::open_mem(mi, qt::rw_options());
   std::vector<uint8_t> a(3 * kCs, 0x11);
   REQUIRE(img->write(a.data(), a.size(), kSpan - kCs, false).is_ok());
   m.set(kSpan - kCs, a.data(), a.size());
+  REQUIRE(img->flush().is_ok());
+  f.flushed(m);
+  std::vector<uint8_t> b(5000, 0x22);
+  REQUIRE(img->write(b.data(), b.size(), 50, false).is_ok());
+  m.set(50, b.data(), b.size());
+  f.touch({Op::kWrite, 50, b.size(), 0});
   // Every metadata write fails: the flush reports it.
   mi.last_fault->fail_one_in(FileOp::kWrite, 1, 1, EIO);
   const Status s = img->flush();
   CHECK(!s.is_ok());
   CHECK(s.errno_value() == EIO);
-  // Reads still see the data (metadata stays in memory).
-  CHECK(m.mismatch(qt::read_all(*img)) == -1);
+  CHECK(s.message().find("injected") != std::string::npos);
   mi.last_fault->clear_failures();
-  std::vector<uint8_t> b(100, 0x22);
-  REQUIRE(img->write(b.data(), b.size(), 50, false).is_ok());
-  m.set(50, b.data(), b.size());
+  check_refusing(mi, img, m, f);
+}
+
+TEST_CASE("a failed sync: the same, even though the next sync would succeed") {
+  qt::TempDir dir;
+  qt::MemImage mi = qt::MemImage::create(dir, "fs.qed", kSize, kCs, kTs);
+  Model m;
+  Flushed f;
+  auto img = qt::open_mem(mi, qt::rw_options());
+  std::vector<uint8_t> a(kCs, 0x33);
+  REQUIRE(img->write(a.data(), a.size(), 7 * kCs, false).is_ok());
+  m.set(7 * kCs, a.data(), a.size());
+  f.touch({Op::kWrite, 7 * kCs, a.size(), 0});
+  mi.last_fault->fail_nth(FileOp::kSync, 1, EIO);
+  CHECK(!img->flush().is_ok());
+  check_refusing(mi, img, m, f);
+}
+
+TEST_CASE("a failed extension (ENOSPC) fails the flush only: the image keeps working") {
+  qt::TempDir dir;
+  qt::MemImage mi = qt::MemImage::create(dir, "fe.qed", kSize, kCs, kTs);
+  Model m;
+  auto img = qt::open_mem(mi, qt::rw_options());
+  std::vector<uint8_t> a(100, 0x44);
+  REQUIRE(img->write(a.data(), a.size(), 9 * kCs, false).is_ok());
+  m.set(9 * kCs, a.data(), a.size());
+  mi.last_fault->fail_nth(FileOp::kExtend, 1, ENOSPC);
+  const Status s = img->flush();
+  CHECK(s.errno_value() == ENOSPC);
+  REQUIRE(img->write(a.data(), a.size(), 11 * kCs, false).is_ok());
+  m.set(11 * kCs, a.data(), a.size());
   REQUIRE(img->flush().is_ok());
   auto snapshot = copy_of(*mi.mem, mi.path);
-  CHECK(qt::check_structure(snapshot->contents()).empty());
   CHECK(m.mismatch(read_image(mi.path, snapshot)) == -1);
 }
 

@@ -1,0 +1,133 @@
+#include <nbdkit-filter.h>
+
+#include "config.h"
+#include "key_help.h"
+
+#include "backing_store.h"
+#include "nbd_store.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+
+namespace qed_filter {
+
+Config &config() {
+  static Config c;
+  return c;
+}
+
+namespace {
+
+// qed-backing-format= seen without qed-backing= is an error, found only once
+// every key is in.
+bool format_given = false;
+qed::BackingOverride::Format format_as_given = qed::BackingOverride::Format::kAsImageSays;
+
+int parse_cache_size(Config &c, const char *key, const char *value) {
+  const int64_t r = nbdkit_parse_size(value);
+  if (r == -1)
+    return -1;  // nbdkit_parse_size reported the error
+  if (r < 0) {
+    nbdkit_error("%s: size must not be negative", key);
+    return -1;
+  }
+  c.cache_bytes = uint64_t(r);
+  return 0;
+}
+
+int parse_check(Config &c, const char *key, const char *value) {
+  if (std::strcmp(value, "off") == 0)
+    c.check = qed::CheckPolicy::kOff;
+  else if (std::strcmp(value, "report") == 0)
+    c.check = qed::CheckPolicy::kReport;
+  else {
+    nbdkit_error("%s: '%s' is not off or report (the filter never repairs)", key, value);
+    return -1;
+  }
+  return 0;
+}
+
+// A local file, made absolute now (nbdkit changes to / before serving), or an
+// NBD URI, kept as it is (the engine's rule tells them apart: a URI is never
+// looked up as a file). Naming a URI here is the user's consent to connect.
+int parse_backing(Config &c, const char *key, const char *value) {
+  if (qed::is_uri(value)) {
+    if (qed::Status s = qed_nbd::check_nbd_uri(value); !s.is_ok()) {
+      nbdkit_error("%s: %s", key, s.message().c_str());
+      return -1;
+    }
+    c.backing = qed::BackingOverride{value, qed::BackingOverride::Format::kAsImageSays};
+    return 0;
+  }
+  std::unique_ptr<char, decltype(&std::free)> real(nbdkit_realpath(value), std::free);
+  if (!real)
+    return -1;  // nbdkit_realpath reported the error, naming the file
+  c.backing = qed::BackingOverride{real.get(), qed::BackingOverride::Format::kAsImageSays};
+  return 0;
+}
+
+int parse_backing_format(Config &, const char *key, const char *value) {
+  using Format = qed::BackingOverride::Format;
+  if (std::strcmp(value, "raw") == 0)
+    format_as_given = Format::kRaw;
+  else if (std::strcmp(value, "qed") == 0)
+    format_as_given = Format::kQed;
+  else {
+    nbdkit_error("%s: '%s' is not raw or qed", key, value);
+    return -1;
+  }
+  format_given = true;
+  return 0;
+}
+
+struct Key {
+  const char *name;
+  const char *value;  // how --help shows the value
+  const char *help;
+  int (*parse)(Config &c, const char *key, const char *value);
+};
+
+const Key kKeys[] = {
+    {"qed-backing", "<FILENAME|URI>",
+     "Base of an image with a backing file: a local file or an NBD URI.", parse_backing},
+    {"qed-backing-format", "raw|qed",
+     "Format of qed-backing= (default: as the image says).", parse_backing_format},
+    {"qed-cache-size", "<SIZE>", "L2 table cache per image in the chain (default 64M).",
+     parse_cache_size},
+    {"qed-check", "off|report", "Consistency check at start-up (default off).", parse_check},
+};
+
+}  // namespace
+
+int config_key(const char *key, const char *value, bool *ours) {
+  *ours = std::strncmp(key, "qed-", 4) == 0;
+  if (!*ours)
+    return 0;
+  for (const Key &k : kKeys)
+    if (std::strcmp(key, k.name) == 0)
+      return k.parse(config(), key, value);
+  nbdkit_error("unknown qed filter parameter '%s' (nbdkit --filter=qed null --help lists them)",
+               key);
+  return -1;
+}
+
+int config_complete() {
+  Config &c = config();
+  if (format_given && !c.backing) {
+    nbdkit_error("qed-backing-format= needs qed-backing=<FILENAME>");
+    return -1;
+  }
+  if (c.backing)
+    c.backing->format = format_as_given;
+  return 0;
+}
+
+const char *config_help() {
+  static const std::string help = qed_nbdkit::aligned_key_help(kKeys);
+  return help.c_str();
+}
+
+}  // namespace qed_filter

@@ -1,0 +1,430 @@
+#include "nbd_file.h"
+
+#include <libnbd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <optional>
+#include <utility>
+
+namespace qed_nbd {
+
+using qed::Result;
+using qed::Status;
+
+void HandleCloser::operator()(nbd_handle *h) const { nbd_close(h); }
+
+namespace {
+
+// NBD commands carry 32-bit lengths; without a limit from the server, 32 MiB
+// is what every server accepts (the NBD protocol's advice).
+constexpr uint32_t kDefaultMaxRequest = 32u << 20;
+// Block status asks about at most this much at a time.
+constexpr uint64_t kMaxStatusRequest = 1u << 30;
+
+// What libnbd said about the last failure on this thread.
+std::string libnbd_error() {
+  const char *e = nbd_get_error();
+  return e && *e ? e : "unknown libnbd error";
+}
+
+// A failure without the URI in front (the caller adds it, with what was
+// being done).
+Status failed(const std::string &why) { return Status::io_error(why, EIO); }
+
+int ms_until(std::chrono::steady_clock::time_point t) {
+  const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+      t - std::chrono::steady_clock::now());
+  return int(std::clamp<int64_t>(left.count(), 0, INT32_MAX));
+}
+
+}  // namespace
+
+// One NBD command of a request, and what came back.
+struct NbdFile::Command {
+  bool read = true;  // else block status
+  void *buf = nullptr;
+  uint32_t count = 0;
+  uint64_t offset = 0;
+  int64_t cookie = 0;
+  bool done = false;
+  // Block status replies: (length, flags) pairs from `offset` on.
+  std::vector<std::pair<uint32_t, uint32_t>> extents;
+};
+
+NbdFile::~NbdFile() = default;
+
+Status NbdFile::error(const std::string &what, int err) const {
+  return Status::io_error(std::string(uri_).append(": ").append(what), err);
+}
+
+Status NbdFile::read_only_error() const {
+  return Status::read_only(uri_ + ": a backing file on an NBD server is never written");
+}
+
+Status NbdFile::pwrite(const void *, size_t, uint64_t) { return read_only_error(); }
+Status NbdFile::sync() { return read_only_error(); }
+Status NbdFile::truncate(uint64_t) { return read_only_error(); }
+Status NbdFile::extend_to(uint64_t, uint64_t) { return read_only_error(); }
+Status NbdFile::punch_hole(uint64_t, uint64_t) { return read_only_error(); }
+Status NbdFile::zero_range(uint64_t, uint64_t) { return read_only_error(); }
+
+// ---------------------------------------------------------------- connecting
+
+Result<Handle> NbdFile::connect(bool structured, Clock::time_point deadline) {
+  Handle h(nbd_create());
+  if (!h)
+    return failed("cannot create a libnbd handle: " + libnbd_error());
+  nbd_set_handle_name(h.get(), "qed-backing");
+  // Our reads either fill the whole buffer or fail (and the engine then drops
+  // it), so libnbd need not zero it first.
+  nbd_set_pread_initialize(h.get(), false);
+  // Only block status needs structured replies; reads without them take
+  // fewer system calls per reply (one header, then the data).
+  if (!structured)
+    nbd_set_request_structured_replies(h.get(), false);
+  else if (nbd_add_meta_context(h.get(), LIBNBD_CONTEXT_BASE_ALLOCATION) == -1)
+    return failed(libnbd_error());
+  // QEMU writes nbd+tcp:// for what libnbd calls nbd://.
+  std::string uri = uri_;
+  if (uri.rfind("nbd+tcp://", 0) == 0)
+    uri.replace(0, 7, "nbd");
+  if (nbd_aio_connect_uri(h.get(), uri.c_str()) == -1)
+    return failed("cannot connect: " + libnbd_error());
+  while (nbd_aio_is_connecting(h.get())) {
+    const int left = ms_until(deadline);
+    if (left == 0)
+      return failed("cannot connect: no answer within " +
+                   std::to_string(options_.connect_timeout_ms) + " ms");
+    if (nbd_poll(h.get(), left) == -1)
+      return failed("cannot connect: " + libnbd_error());
+  }
+  if (!nbd_aio_is_ready(h.get()))
+    return failed("cannot connect: " + libnbd_error());
+  return h;
+}
+
+Status NbdFile::learn(nbd_handle *h) {
+  const int64_t size = nbd_get_size(h);
+  if (size < 0)
+    return failed(libnbd_error());
+  size_ = uint64_t(size);
+  const int multi = nbd_can_multi_conn(h);
+  limit_ = multi == 1 ? std::max(1u, options_.connections) : 1;
+  const int64_t max = nbd_get_block_size(h, LIBNBD_SIZE_MAXIMUM);
+  const int64_t min = nbd_get_block_size(h, LIBNBD_SIZE_MINIMUM);
+  min_block_ = min > 0 ? uint32_t(min) : 1;
+  max_request_ = max > 0 ? uint32_t(std::min<int64_t>(max, kDefaultMaxRequest)) : kDefaultMaxRequest;
+  max_request_ = std::max(max_request_ / min_block_ * min_block_, min_block_);
+  block_status_ = nbd_can_meta_context(h, LIBNBD_CONTEXT_BASE_ALLOCATION) == 1;
+  return Status::ok();
+}
+
+// A reconnection must reach the export the image was opened on; a server
+// restarted with another disk behind the same URI is refused.
+Status NbdFile::check_same_export(nbd_handle *h) {
+  const int64_t size = nbd_get_size(h);
+  if (size < 0)
+    return failed(libnbd_error());
+  if (uint64_t(size) != size_)
+    return failed("the export changed size from " + std::to_string(size_) + " to " +
+                 std::to_string(size) + " bytes since it was opened");
+  return Status::ok();
+}
+
+Result<std::unique_ptr<NbdFile>> NbdFile::open(const std::string &uri,
+                                               const NbdOptions &options) {
+  std::unique_ptr<NbdFile> f(new NbdFile(uri, options));
+  auto h = f->connect(true, Clock::now() + std::chrono::milliseconds(options.connect_timeout_ms));
+  Status s = h ? f->learn(h->get()) : h.status();
+  if (!s.is_ok())
+    return f->error(s.message());
+  f->backoff_ms_ = options.backoff_min_ms;
+  f->idle_.push_back(Conn{std::move(*h), true});
+  return f;
+}
+
+unsigned NbdFile::open_connections() {
+  std::lock_guard lock(mu_);
+  return unsigned(idle_.size()) + busy_;
+}
+
+// ------------------------------------------------------------------ the pool
+
+// Requires mu_ held. The idle connection to use for a request, if any: for
+// block status, one with structured replies; for a read, a plain one, or a
+// structured one when no other connection may be opened.
+std::optional<size_t> NbdFile::pick_idle(bool status) const {
+  std::optional<size_t> fallback;
+  for (size_t i = idle_.size(); i-- > 0;) {
+    if (idle_[i].structured == status || !block_status_)
+      return i;
+    if (!status)
+      fallback = i;
+  }
+  if (fallback && idle_.size() + busy_ >= limit_)
+    return fallback;
+  return std::nullopt;
+}
+
+Result<NbdFile::Conn> NbdFile::acquire(bool status, Clock::time_point deadline) {
+  std::unique_lock lock(mu_);
+  for (;;) {
+    if (auto i = pick_idle(status)) {
+      Conn c = std::move(idle_[*i]);
+      idle_.erase(idle_.begin() + int64_t(*i));
+      busy_++;
+      return c;
+    }
+    if (idle_.size() + busy_ < limit_)
+      break;
+    // Block status, and the pool is full of idle plain connections: one of
+    // them makes room for a structured one.
+    if (!idle_.empty()) {
+      Conn spare = std::move(idle_.back());
+      idle_.pop_back();
+      lock.unlock();
+      spare.h.reset();
+      lock.lock();
+      continue;
+    }
+    if (changed_.wait_until(lock, deadline) == std::cv_status::timeout && !pick_idle(status) &&
+        idle_.size() + busy_ >= limit_)
+      return failed("no connection became free within " +
+                    std::to_string(options_.request_timeout_ms) + " ms");
+  }
+  if (Clock::now() < retry_at_)
+    return failed("server unreachable (" + last_failure_ + "); next attempt in " +
+                  std::to_string(ms_until(retry_at_)) + " ms");
+  busy_++;
+  lock.unlock();
+  const bool structured = status || limit_ == 1;  // a lone connection does everything
+  const auto connect_by = std::min(
+      deadline, Clock::now() + std::chrono::milliseconds(options_.connect_timeout_ms));
+  auto h = connect(structured && block_status_, connect_by);
+  Status s = h ? check_same_export(h->get()) : h.status();
+  lock.lock();
+  if (s.is_ok()) {
+    backoff_ms_ = options_.backoff_min_ms;
+    return Conn{std::move(*h), structured && block_status_};
+  }
+  busy_--;
+  last_failure_ = s.message();
+  retry_at_ = Clock::now() + std::chrono::milliseconds(backoff_ms_);
+  backoff_ms_ = std::min(backoff_ms_ * 2, options_.backoff_max_ms);
+  changed_.notify_one();
+  return s;
+}
+
+void NbdFile::release(Conn c) {
+  std::lock_guard lock(mu_);
+  busy_--;
+  if (c.h && nbd_aio_is_ready(c.h.get()))
+    idle_.push_back(std::move(c));
+  changed_.notify_one();
+}
+
+void NbdFile::drop_idle() {
+  std::vector<Conn> dead;
+  {
+    std::lock_guard lock(mu_);
+    dead.swap(idle_);
+  }
+  // Closed here, outside the lock: nbd_close may wait for the socket.
+}
+
+// -------------------------------------------------------------- one request
+
+namespace {
+
+// Block status replies: the command is the callback's data.
+int collect_extents(void *user_data, const char *metacontext, uint64_t offset,
+                    uint32_t *entries, size_t nr_entries, int *) {
+  if (std::strcmp(metacontext, LIBNBD_CONTEXT_BASE_ALLOCATION) != 0)
+    return 0;
+  auto *extents = static_cast<std::vector<std::pair<uint32_t, uint32_t>> *>(user_data);
+  for (size_t i = 0; i + 1 < nr_entries; i += 2)
+    extents->emplace_back(entries[i], entries[i + 1]);
+  (void)offset;  // always the command's offset
+  return 0;
+}
+
+}  // namespace
+
+Status NbdFile::run(Handle &handle, std::vector<Command> &commands, Clock::time_point deadline,
+                    Outcome &outcome) {
+  nbd_handle *h = handle.get();
+  std::string failure;
+  int failure_errno = 0;
+  size_t issued = 0;
+  for (; issued < commands.size(); issued++) {
+    Command &c = commands[issued];
+    nbd_completion_callback no_completion{};
+    if (c.read) {
+      c.cookie = nbd_aio_pread(h, c.buf, c.count, c.offset, no_completion, 0);
+    } else {
+      nbd_extent_callback cb{};
+      cb.callback = collect_extents;
+      cb.user_data = &c.extents;
+      c.cookie = nbd_aio_block_status(h, c.count, c.offset, cb, no_completion, 0);
+    }
+    if (c.cookie == -1) {
+      failure = libnbd_error();
+      break;
+    }
+  }
+  size_t pending = issued;
+  while (pending > 0) {
+    for (size_t i = 0; i < issued; i++) {
+      Command &c = commands[i];
+      if (c.done)
+        continue;
+      const int r = nbd_aio_command_completed(h, uint64_t(c.cookie));
+      if (r == 0)
+        continue;
+      c.done = true;
+      pending--;
+      if (r == -1 && failure.empty()) {
+        failure = libnbd_error();
+        failure_errno = nbd_get_errno();
+      }
+    }
+    if (pending == 0)
+      break;
+    const int left = ms_until(deadline);
+    const bool stuck = left == 0 || (nbd_poll(h, left) == -1 && !nbd_aio_is_dead(h) &&
+                                     !nbd_aio_is_closed(h));
+    if (stuck) {
+      // Timed out, or poll failed with the connection up: commands are still
+      // in flight with our buffers, so the connection goes now.
+      if (left > 0 && failure.empty())
+        failure = libnbd_error();
+      handle.reset();
+      outcome = Outcome::kBroken;
+      return Status::io_error(failure.empty() ? "no reply within " +
+                                                    std::to_string(options_.request_timeout_ms) +
+                                                    " ms"
+                                              : failure,
+                              EIO);
+    }
+  }
+  // A server shutting down answers ESHUTDOWN and waits for us to go: that
+  // connection is as good as lost.
+  if (!nbd_aio_is_ready(h) || failure_errno == ESHUTDOWN) {
+    handle.reset();
+    outcome = Outcome::kLost;
+    return Status::io_error(failure.empty() ? "connection lost" : failure, EIO);
+  }
+  outcome = Outcome::kKeep;
+  if (!failure.empty())
+    return Status::io_error(failure, EIO);
+  return Status::ok();
+}
+
+Status NbdFile::request(const char *what, uint64_t offset, std::vector<Command> &commands) {
+  const auto deadline = Clock::now() + std::chrono::milliseconds(options_.request_timeout_ms);
+  Status last;
+  for (int attempt = 0; attempt < 2; attempt++) {
+    const bool status = !commands.empty() && !commands[0].read;
+    auto conn = acquire(status, deadline);
+    if (!conn)
+      return error(std::string(what) + " at offset " + std::to_string(offset) + ": " +
+                   conn.status().message());
+    for (Command &c : commands) {
+      c.cookie = 0;
+      c.done = false;
+      c.extents.clear();
+    }
+    Outcome outcome;
+    Status s = run(conn->h, commands, deadline, outcome);
+    release(std::move(*conn));
+    if (s.is_ok())
+      return s;
+    last = error(std::string(what) + " at offset " + std::to_string(offset) + ": " + s.message());
+    if (outcome != Outcome::kLost)
+      break;
+    drop_idle();
+  }
+  return last;
+}
+
+// ---------------------------------------------------------------- the reads
+
+Status NbdFile::read_aligned(void *buf, size_t count, uint64_t offset) {
+  std::vector<Command> commands;
+  auto *p = static_cast<uint8_t *>(buf);
+  for (size_t done = 0; done < count;) {
+    Command c;
+    c.buf = p + done;
+    c.count = uint32_t(std::min<uint64_t>(count - done, max_request_));
+    c.offset = offset + done;
+    done += c.count;
+    commands.push_back(std::move(c));
+  }
+  return request("read", offset, commands);
+}
+
+Status NbdFile::pread(void *buf, size_t count, uint64_t offset) {
+  auto *out = static_cast<uint8_t *>(buf);
+  const size_t inside = offset < size_ ? size_t(std::min<uint64_t>(count, size_ - offset)) : 0;
+  std::memset(out + inside, 0, count - inside);
+  if (inside == 0)
+    return Status::ok();
+  const uint64_t first = offset / min_block_ * min_block_;
+  const uint64_t end = (offset + inside + min_block_ - 1) / min_block_ * min_block_;
+  if (end > size_)
+    return error("cannot read the last " + std::to_string(size_ % min_block_) +
+                 " bytes of the export: its size is not a multiple of the server's minimum "
+                 "block size (" + std::to_string(min_block_) + " bytes)");
+  if (first == offset && end == offset + inside)
+    return read_aligned(out, inside, offset);
+  // The server wants whole blocks: read them, keep the part asked for.
+  std::vector<uint8_t> bounce(size_t(end - first));
+  QED_RETURN_IF_ERROR(read_aligned(bounce.data(), bounce.size(), first));
+  std::memcpy(out, bounce.data() + (offset - first), inside);
+  return Status::ok();
+}
+
+Result<qed::File::Run> NbdFile::probe_run(uint64_t offset, uint64_t limit) {
+  if (offset >= size_)
+    return Run{true, limit};
+  if (!block_status_ || limit == 0)
+    return Run{false, limit};
+  // Ask about whole blocks from the one holding `offset`.
+  const uint64_t first = offset / min_block_ * min_block_;
+  uint64_t count = std::min(offset - first + limit, kMaxStatusRequest);
+  count = std::min((count + min_block_ - 1) / min_block_ * min_block_,
+                   (size_ - first) / min_block_ * min_block_);
+  if (count == 0)  // the partial block at the end, which the server cannot answer for
+    return Run{false, limit};
+  std::vector<Command> commands(1);
+  commands[0].read = false;
+  commands[0].count = uint32_t(count);
+  commands[0].offset = first;
+  QED_RETURN_IF_ERROR(request("block status", offset, commands));
+  // The extent holding `offset`, and the ones after it of the same kind.
+  uint64_t pos = first;
+  bool found = false, zero = false;
+  uint64_t end = offset;
+  for (const auto &[length, flags] : commands[0].extents) {
+    const bool z = flags & LIBNBD_STATE_ZERO;
+    if (length == 0)
+      break;
+    const uint64_t next = pos + length;
+    if (!found && next > offset && pos <= offset) {
+      found = true;
+      zero = z;
+    } else if (found && z != zero) {
+      break;
+    }
+    if (found)
+      end = next;
+    pos = next;
+  }
+  // No answer for `offset`: call it data, which is always safe.
+  if (!found)
+    return Run{false, limit};
+  return Run{zero, std::min(end - offset, limit)};
+}
+
+}  // namespace qed_nbd

@@ -1,0 +1,70 @@
+# Helpers for the tests of backing files on NBD servers.  Source after
+# functions.sh:
+#
+#   start_base NAME NBDKIT-ARGS...  serve NBDKIT-ARGS (a plain nbdkit: file, memory
+#                                   ... plugin) on $tmp/NAME.sock in the background
+#   base_uri NAME                   its URI, nbd+unix:///?socket=$tmp/NAME.sock
+#   stop_base NAME [SIGNAL]         stop it (TERM by default; nbdkit then waits for
+#                                   its clients: stop the plugin first)
+#
+# Every base still running when the test exits is killed.  The bases are plain
+# nbdkit processes: no sanitizer preload, whatever the build.
+
+requires nbdkit file --version
+requires nbdkit memory --version
+
+declare -A _base_pid=()
+
+base_uri() { echo "nbd+unix:///?socket=$tmp/$1.sock"; }
+
+start_base() {
+  local name=$1 i
+  shift
+  rm -f "$tmp/$name.sock"
+  nbdkit -f --exit-with-parent -U "$tmp/$name.sock" "$@" 2>>"$tmp/$name.log" &
+  _base_pid[$name]=$!
+  # nbdkit binds, then listens: wait until a client gets an answer.
+  for ((i = 0; i < 200; i++)); do
+    if nbdinfo --size "$(base_uri "$name")" >/dev/null 2>&1; then
+      return 0
+    fi
+    kill -0 "${_base_pid[$name]}" 2>/dev/null || break
+    sleep 0.05
+  done
+  cat "$tmp/$name.log" >&2
+  fail "base server $name (nbdkit $*) did not start"
+}
+
+stop_base() {
+  local name=$1 sig=${2:-TERM} pid=${_base_pid[$1]:-} i
+  [[ -n $pid ]] || return 0
+  kill "-$sig" "$pid" 2>/dev/null || true
+  for ((i = 0; i < 200; i++)); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.05
+  done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  unset "_base_pid[$name]"
+}
+
+_stop_bases() {
+  local name
+  for name in "${!_base_pid[@]}"; do
+    kill -KILL "${_base_pid[$name]}" 2>/dev/null || true
+  done
+}
+trap '_nbd_rc=$?; _stop_bases; (exit $_nbd_rc); _cleanup' EXIT
+
+# sparse_base FILE SIZE "OFFSET-MiB COUNT-MiB"...: a sparse file of SIZE bytes with
+# random data in the given MiB ranges and holes elsewhere.
+sparse_base() {
+  local file=$1 size=$2 r range
+  shift 2
+  rm -f "$file"
+  truncate -s "$size" "$file"
+  for r in "$@"; do
+    read -r -a range <<<"$r"
+    dd if=/dev/urandom of="$file" bs=1M seek="${range[0]}" count="${range[1]}" conv=notrunc status=none
+  done
+}

@@ -1,0 +1,198 @@
+// The POSIX file below the engine, with system calls interposed from this
+// test binary: fallocate refused (as on ext2/ext3, NFSv3, some FUSE and 9p
+// file systems), fstat paused, calls counted. Interposition is per file
+// descriptor and off unless a test arms it, so the other tests see the real
+// calls.
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <doctest/doctest.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <mutex>
+#include <thread>
+
+#include "file.h"
+#include "test_util.h"
+
+namespace hooks {
+
+std::atomic<int> refuse_fallocate_fd{-1};  // fallocate() on it fails EOPNOTSUPP
+std::atomic<int> pause_fstat_fd{-1};       // fstat() on it waits (see below)
+std::atomic<int> count_fd{-1};             // calls on it are counted
+std::atomic<int> fallocates{0}, ftruncates{0};
+
+// A paused fstat() has read the size and waits for release() or 500 ms.
+std::mutex mu;
+std::condition_variable cv;
+bool paused = false, released = false;
+
+void release() {
+  std::lock_guard lock(mu);
+  released = true;
+  cv.notify_all();
+}
+
+template <typename Fn>
+Fn real(const char *name) {
+  return reinterpret_cast<Fn>(::dlsym(RTLD_NEXT, name));
+}
+
+}  // namespace hooks
+
+extern "C" int fallocate(int fd, int mode, off_t offset, off_t len) {
+  static auto next = hooks::real<int (*)(int, int, off_t, off_t)>("fallocate");
+  if (fd == hooks::count_fd.load())
+    hooks::fallocates++;
+  if (fd == hooks::refuse_fallocate_fd.load()) {
+    errno = EOPNOTSUPP;
+    return -1;
+  }
+  return next(fd, mode, offset, len);
+}
+
+extern "C" int ftruncate(int fd, off_t length) {
+  static auto next = hooks::real<int (*)(int, off_t)>("ftruncate");
+  if (fd == hooks::count_fd.load())
+    hooks::ftruncates++;
+  return next(fd, length);
+}
+
+extern "C" int fstat(int fd, struct stat *st) {
+  static auto next = hooks::real<int (*)(int, struct stat *)>("fstat");
+  const int r = next(fd, st);
+  if (fd == hooks::pause_fstat_fd.load()) {
+    std::unique_lock lock(hooks::mu);
+    hooks::paused = true;
+    hooks::cv.notify_all();
+    hooks::cv.wait_for(lock, std::chrono::milliseconds(500), [] { return hooks::released; });
+  }
+  return r;
+}
+
+TEST_SUITE_BEGIN("posix");
+
+namespace {
+
+// The descriptor this process holds on `path` (the PosixFile's).
+int fd_of(const std::string &path) {
+  for (int fd = 3; fd < 1024; fd++) {
+    char link[4096];
+    const std::string proc = "/proc/self/fd/" + std::to_string(fd);
+    const ssize_t n = ::readlink(proc.c_str(), link, sizeof link - 1);
+    if (n > 0 && std::string(link, size_t(n)) == path)
+      return fd;
+  }
+  return -1;
+}
+
+struct Disarm {
+  ~Disarm() {
+    hooks::refuse_fallocate_fd = -1;
+    hooks::pause_fstat_fd = -1;
+    hooks::count_fd = -1;
+  }
+};
+
+std::unique_ptr<qed::File> open_rw(const std::string &path, std::vector<uint8_t> content) {
+  qt::write_whole_file(path, content);
+  auto f = qed::open_posix_file(path, qed::OpenMode::kReadWrite);
+  INFO(f.status().message());
+  REQUIRE(f.is_ok());
+  return std::move(*f);
+}
+
+}  // namespace
+
+TEST_CASE("without fallocate, growing the file never cuts off a write past its old end") {
+  // extend_to() falls back to fstat + ftruncate. A write past the end that
+  // lands between the two must survive: before the fix, ftruncate set the
+  // size back and the write read back as zeroes.
+  qt::TempDir dir;
+  const std::string path = dir.file("grow.img");
+  auto file = open_rw(path, std::vector<uint8_t>(4096, 0x11));
+  const int fd = fd_of(path);
+  REQUIRE(fd >= 0);
+  Disarm disarm;
+  {
+    std::lock_guard lock(hooks::mu);
+    hooks::paused = hooks::released = false;
+  }
+  hooks::refuse_fallocate_fd = fd;
+  hooks::pause_fstat_fd = fd;
+
+  qed::Status extended;
+  std::thread grower([&] { extended = file->extend_to(65536); });
+  {
+    std::unique_lock lock(hooks::mu);
+    REQUIRE(hooks::cv.wait_for(lock, std::chrono::seconds(10), [] { return hooks::paused; }));
+  }
+  // The grower has read the old size and is about to set the new one. A write
+  // into a cluster reserved further on goes ahead now (or waits for it).
+  std::vector<uint8_t> data(4096, 0x5a);
+  std::atomic<bool> wrote{false};
+  qed::Status written;
+  std::thread writer([&] {
+    written = file->pwrite(data.data(), data.size(), 131072);
+    wrote = true;
+  });
+  for (int i = 0; i < 40 && !wrote; i++)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  hooks::pause_fstat_fd = -1;
+  hooks::release();
+  grower.join();
+  writer.join();
+  REQUIRE(extended.is_ok());
+  REQUIRE(written.is_ok());
+
+  auto size = file->size();
+  REQUIRE(size.is_ok());
+  CHECK(*size >= 131072 + 4096);
+  std::vector<uint8_t> back(4096);
+  REQUIRE(file->pread(back.data(), back.size(), 131072).is_ok());
+  CHECK(back == data);
+}
+
+TEST_CASE("without fallocate, extend_to still grows the file, to the preferred size") {
+  qt::TempDir dir;
+  const std::string path = dir.file("fb.img");
+  auto file = open_rw(path, std::vector<uint8_t>(100, 0x22));
+  Disarm disarm;
+  hooks::refuse_fallocate_fd = fd_of(path);
+  REQUIRE(file->extend_to(8192, 65536).is_ok());
+  auto size = file->size();
+  REQUIRE(size.is_ok());
+  CHECK(*size == 65536);
+  std::vector<uint8_t> back(100);
+  REQUIRE(file->pread(back.data(), back.size(), 0).is_ok());
+  CHECK(back == std::vector<uint8_t>(100, 0x22));
+  // Never shorter: asking for less than the size changes nothing.
+  REQUIRE(file->extend_to(4096).is_ok());
+  CHECK(*file->size() == 65536);
+}
+
+TEST_CASE("extend_to makes no system call when a completed write already reached the size") {
+  qt::TempDir dir;
+  const std::string path = dir.file("n.img");
+  auto file = open_rw(path, {});
+  Disarm disarm;
+  hooks::count_fd = fd_of(path);
+  hooks::fallocates = 0;
+  hooks::ftruncates = 0;
+  std::vector<uint8_t> data(4096, 0x33);
+  REQUIRE(file->pwrite(data.data(), data.size(), (1 << 20) - 4096).is_ok());
+  REQUIRE(file->extend_to(1 << 20).is_ok());
+  REQUIRE(file->extend_to(4096).is_ok());
+  CHECK(hooks::fallocates == 0);
+  CHECK(hooks::ftruncates == 0);
+  // Growing past it costs one call, and then nothing again.
+  REQUIRE(file->extend_to(2 << 20, 4 << 20).is_ok());
+  REQUIRE(file->extend_to(3 << 20).is_ok());
+  CHECK(hooks::fallocates + hooks::ftruncates == 1);
+  CHECK(*file->size() == uint64_t(4 << 20));
+}
