@@ -14,6 +14,12 @@ namespace {
 // (1 GiB tables) never needs a large buffer.
 constexpr uint64_t kChunkEntries = 65536;
 
+// Problems listed one by one; past this, only counted. A line per bad entry
+// would tie the check's memory to the number of entries, not to the clusters
+// of the file (a 61 MiB file of garbage tables took 2.5 GB). Twenty examples
+// and the counts say enough in a log.
+constexpr size_t kMaxProblemLines = 20;
+
 class Checker {
 public:
   Checker(File &file, const Header &header, CheckMode mode)
@@ -40,7 +46,11 @@ private:
   Status walk_l1();
   Status walk_l2(const TableRef &table);
   void check_l2_entry(uint64_t entry_offset, uint64_t e, uint64_t vpos);
-  void problem(std::string what, bool fixable);
+  // Records a problem (each one is repaired in kRepair); `describe()` gives
+  // its line, built only if it is listed.
+  template <typename Describe>
+  void problem(Describe &&describe);
+  void count_unlisted();
   bool any_used(uint64_t first, uint64_t count) const;
   void mark(uint64_t first, uint64_t count, bool metadata);
   void find_leaks();
@@ -61,16 +71,27 @@ private:
   std::vector<Update> updates_;
   std::vector<Copy> copies_;
   CheckReport report_;
+  uint64_t unlisted_ = 0;  // problems past kMaxProblemLines
 };
 
 bool Checker::invalid_offset(uint64_t e) const {
   return !geo_.is_cluster_aligned(e) || e < geo_.header_bytes();
 }
 
-void Checker::problem(std::string what, bool fixable) {
-  if (mode_ == CheckMode::kRepair && fixable)
+template <typename Describe>
+void Checker::problem(Describe &&describe) {
+  if (mode_ == CheckMode::kRepair)
     report_.repaired++;
-  report_.problems.push_back(std::move(what));
+  if (report_.problems.size() < kMaxProblemLines)
+    report_.problems.push_back(describe());
+  else
+    unlisted_++;
+}
+
+void Checker::count_unlisted() {
+  if (unlisted_)
+    report_.problems.push_back(
+        std::string("and ").append(std::to_string(unlisted_)).append(" more problems like these"));
 }
 
 bool Checker::any_used(uint64_t first, uint64_t count) const {
@@ -104,20 +125,26 @@ Status Checker::for_each_entry(uint64_t table_offset, Fn &&fn) {
 Status Checker::walk_l1() {
   const uint64_t tb = geo_.table_bytes();
   return for_each_entry(h_.l1_table_offset, [&](uint64_t i, uint64_t at, uint64_t e) {
-    const std::string where = "L1 entry " + std::to_string(i) + " (L2 table at " +
-                              std::to_string(e) + ")";
+    auto where = [&] {
+      return std::string("L1 entry ")
+          .append(std::to_string(i))
+          .append(" (L2 table at ")
+          .append(std::to_string(e))
+          .append(")");
+    };
     if (invalid_offset(e)) {
       report_.invalid_entries++;
-      problem(where + ": misaligned or inside the header; entry cleared", true);
+      problem([&] { return where() + ": misaligned or inside the header; entry cleared"; });
       updates_.push_back({at, 0});
     } else if (e > file_size_ || tb > file_size_ - e) {
       report_.interrupted_entries++;
-      problem(where + ": table past the end of the file (an interrupted write); entry cleared",
-              true);
+      problem([&] {
+        return where() + ": table past the end of the file (an interrupted write); entry cleared";
+      });
       updates_.push_back({at, 0});
     } else if (any_used(e / cs_, geo_.table_size_clusters())) {
       report_.duplicate_refs++;
-      problem(where + ": table overlaps clusters already in use; entry cleared", true);
+      problem([&] { return where() + ": table overlaps clusters already in use; entry cleared"; });
       updates_.push_back({at, 0});
     } else {
       mark(e / cs_, geo_.table_size_clusters(), true);
@@ -131,28 +158,36 @@ void Checker::check_l2_entry(uint64_t at, uint64_t e, uint64_t vpos) {
     report_.zero_clusters++;
     return;
   }
-  const std::string where = "L2 entry for virtual offset " + std::to_string(vpos) +
-                            " (cluster at " + std::to_string(e) + ")";
+  auto where = [&] {
+    return std::string("L2 entry for virtual offset ")
+        .append(std::to_string(vpos))
+        .append(" (cluster at ")
+        .append(std::to_string(e))
+        .append(")");
+  };
   if (invalid_offset(e)) {
     report_.invalid_entries++;
-    problem(where + ": misaligned or inside the header; entry cleared", true);
+    problem([&] { return where() + ": misaligned or inside the header; entry cleared"; });
     updates_.push_back({at, 0});
   } else if (e > file_size_ || cs_ > file_size_ - e) {
     report_.interrupted_entries++;
-    problem(where + ": past the end of the file (an interrupted write); entry cleared", true);
+    problem([&] {
+      return where() + ": past the end of the file (an interrupted write); entry cleared";
+    });
     updates_.push_back({at, 0});
   } else if (!used_[e / cs_]) {
     report_.data_clusters++;
     mark(e / cs_, 1, false);
   } else if (metadata_[e / cs_]) {
     report_.duplicate_refs++;
-    problem(where + ": points into the header or a table; entry cleared", true);
+    problem([&] { return where() + ": points into the header or a table; entry cleared"; });
     updates_.push_back({at, 0});
   } else {
     report_.duplicate_refs++;
-    problem(where + ": cluster shared with another entry; " +
-                (mode_ == CheckMode::kRepair ? "given a private copy" : "not repaired"),
-            true);
+    problem([&] {
+      return where() + ": cluster shared with another entry; " +
+             (mode_ == CheckMode::kRepair ? "given a private copy" : "not repaired");
+    });
     copies_.push_back({at, e});
   }
 }
@@ -168,10 +203,14 @@ void Checker::find_leaks() {
   for (uint64_t c = 0; c < used_.size(); c++)
     if (!used_[c])
       report_.leaked_clusters++;
-  if (report_.leaked_clusters)
-    problem(std::to_string(report_.leaked_clusters) + " leaked clusters (space no entry uses)" +
-                (mode_ == CheckMode::kRepair ? "; space given back" : ""),
-            true);
+  if (!report_.leaked_clusters)
+    return;
+  if (mode_ == CheckMode::kRepair)
+    report_.repaired++;
+  // One line for all of them, always listed.
+  report_.problems.push_back(std::to_string(report_.leaked_clusters) +
+                             " leaked clusters (space no entry uses)" +
+                             (mode_ == CheckMode::kRepair ? "; space given back" : ""));
 }
 
 Status Checker::reclaim_leaks() {
@@ -248,6 +287,7 @@ Result<CheckReport> Checker::run() {
   report_.l2_tables = tables_.size();
   for (const TableRef &t : tables_)
     QED_RETURN_IF_ERROR(walk_l2(t));
+  count_unlisted();
   find_leaks();
   if (mode_ == CheckMode::kRepair)
     QED_RETURN_IF_ERROR(repair());

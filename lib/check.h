@@ -39,7 +39,9 @@ struct CheckReport {
   uint64_t leaked_clusters = 0;
   uint64_t repaired = 0;            // problems fixed (entries, duplicates, leaks)
   uint64_t reclaimed_bytes = 0;     // truncated or punched
-  std::vector<std::string> problems;  // one line per problem found, with the fix
+  // One line per problem found, with the fix: the first 20, then one line
+  // counting the rest (the counts above are always exact).
+  std::vector<std::string> problems;
 
   // True when nothing was found but what a crash normally leaves: leaks, and
   // entries pointing past the end of the file (they read as unallocated).

@@ -120,8 +120,16 @@ Result<CachedTable *> Metadata::get_table(std::unique_lock<std::mutex> &lock,
     CachedTable *t = cache_.find(off);
     if (!t)
       return load_table(lock, l1_index, off);
-    if (!t->loading())
+    if (!t->loading()) {
+      // Tables are cached by offset, with the entries of the span that loaded
+      // them: one named by two L1 entries (corruption the check repairs) may
+      // hold fewer entries than this span uses.
+      if (t->entries.size() < geo_.l2_entries_used(l1_index))
+        return Status::corruption("L1 entry " + std::to_string(l1_index) +
+                                  " names the L2 table at offset " + std::to_string(off) +
+                                  ", which another L1 entry uses");
       return t;
+    }
     // Another request is reading this table: wait for it, not for others.
     std::shared_ptr<LoadLatch> latch = t->latch;
     latch->cv.wait(lock, [&] { return latch->done; });

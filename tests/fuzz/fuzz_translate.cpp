@@ -1,41 +1,63 @@
-// libFuzzer target: address translation over arbitrary tables. The input
-// chooses a small geometry and supplies the L1 table and the rest of the file
-// (L2 tables, data); the image is opened read-only and read end to end, then
-// read-write and written to.
+// libFuzzer target: address translation over hostile tables. The input is a
+// QED file whose header is first made valid and small (make_translatable), so
+// every input reaches the L1 and L2 tables, which stay as hostile as the input
+// makes them. The image is opened read-only and read where its tables point
+// and at the edges, then read-write and written there. When the check finds
+// the tables consistent (or the read-write open repairs them), every read must
+// return what the target wrote, also after a close and a reopen; otherwise
+// any failure must be a clean Status.
 #include <cstring>
 
-#include "endian.h"
+#include "check.h"
 #include "fuzz_image.h"
+#include "qed_mutator.h"
+
+namespace {
+
+constexpr fuzz::MutatorProfile kProfile{true, 10};
+
+}  // namespace
+
+extern "C" size_t LLVMFuzzerCustomMutator(uint8_t *data, size_t size, size_t max_size,
+                                          unsigned seed) {
+  return fuzz::mutate_image(data, size, max_size, seed, kProfile);
+}
+
+extern "C" size_t LLVMFuzzerCustomCrossOver(const uint8_t *data1, size_t size1,
+                                            const uint8_t *data2, size_t size2, uint8_t *out,
+                                            size_t max_out_size, unsigned seed) {
+  return fuzz::cross_over_images(data1, size1, data2, size2, out, max_out_size, seed, kProfile);
+}
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-  if (size < 4)
+  if (size < qed::kHeaderBytes || size > (1u << 20))
     return 0;
-  qed::Header h;
-  h.cluster_size = 4096u << (data[0] % 3);  // 4K, 8K, 16K
-  h.table_size = 1u << (data[1] % 5);       // 1..16
-  h.header_size = 1;
-  h.l1_table_offset = h.cluster_size;
-  const uint64_t max = qed::max_image_size(h.cluster_size, h.table_size);
-  h.image_size = std::min<uint64_t>(max, uint64_t(1 + data[2]) << 20);
-  h.features = data[3] & qed::kFeatureNeedCheck;
-  const uint64_t table_bytes = uint64_t(h.table_size) * h.cluster_size;
-  // Header, the L1 table, then the input again as the rest of the file.
-  std::vector<uint8_t> file(h.cluster_size + table_bytes + (size - 4));
-  const qed::HeaderBytes hb = qed::encode_header(h);
+  qed::HeaderBytes hb;
+  std::memcpy(hb.data(), data, hb.size());
+  uint64_t needed;
+  const qed::Header h = fuzz::make_translatable(qed::decode_header(hb), size, needed);
+  std::vector<uint8_t> file(data, data + size);
+  file.resize(needed);
+  hb = qed::encode_header(h);
   std::memcpy(file.data(), hb.data(), hb.size());
-  // L1 entries from the input, nudged towards plausible table offsets.
-  for (size_t i = 0; i + 4 <= size - 4 && i / 4 < table_bytes / 8; i += 4) {
-    const uint64_t raw = qed::load_le32(data + 4 + i);
-    const uint64_t entry = (raw & 1) ? raw : (raw >> 1) * h.cluster_size % (file.size() + 1);
-    qed::store_le64(&file[h.cluster_size + i / 4 * 8], entry);
+  if (qed::Status s = qed::validate_header(h, file.size()); !s.is_ok())
+    fuzz::fail("make_translatable gave an invalid header: " + s.message());
+
+  const fuzz::Layout layout = fuzz::decode_layout(file.data(), file.size(), h);
+  const std::vector<uint64_t> probes = fuzz::probe_points(layout, 16);
+  // A dirty image opened read-write is repaired, so it is consistent then;
+  // a clean one only if the check finds nothing but leaks (entries past the
+  // end of the file are the traces of a crash only in an image marked dirty).
+  bool consistent = h.needs_check();
+  if (!consistent) {
+    fuzz::BytesFile bytes(file.data(), file.size());
+    auto report = qed::check_image(bytes, h, qed::CheckMode::kReport);
+    if (!report)
+      fuzz::fail("the check failed on a file in memory: " + report.status().message());
+    consistent = report->clean();
   }
-  std::memcpy(file.data() + h.cluster_size + table_bytes, data + 4, size - 4);
   if (auto ro = fuzz::open_memory(file, true))
-    fuzz::exercise_read(*ro);
-  if (auto rw = fuzz::open_memory(file, false)) {
-    fuzz::exercise_read(*rw);
-    fuzz::exercise_write(*rw, data[0] * 131 + size);
-    fuzz::exercise_read(*rw);
-  }
+    fuzz::exercise_read(*ro, probes);
+  fuzz::exercise_read_write(std::move(file), probes, size * 131 + data[size - 1], consistent);
   return 0;
 }

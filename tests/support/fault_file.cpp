@@ -2,18 +2,68 @@
 
 #include <algorithm>
 #include <cstring>
+#include <utility>
 
 namespace qed {
+
+MemoryFile::MemoryFile(std::vector<uint8_t> bytes, std::string name) : name_(std::move(name)) {
+  std::unique_lock lock(mu_);
+  write_locked(bytes.data(), bytes.size(), 0);
+}
+
+uint8_t *MemoryFile::chunk_locked(uint64_t index, uint64_t keep_from, uint64_t keep_to) {
+  if (chunks_.size() <= index)
+    chunks_.resize(index + 1);
+  if (!chunks_[index]) {
+    // A new chunk reads as zeroes but for [keep_from, keep_to), which the
+    // caller is about to write.
+    chunks_[index] = std::make_unique_for_overwrite<uint8_t[]>(kChunkBytes);
+    std::memset(chunks_[index].get(), 0, keep_from);
+    std::memset(chunks_[index].get() + keep_to, 0, kChunkBytes - keep_to);
+  }
+  return chunks_[index].get();
+}
+
+void MemoryFile::write_locked(const uint8_t *p, uint64_t count, uint64_t offset) {
+  for (uint64_t done = 0; done < count;) {
+    const uint64_t at = offset + done, in = at % kChunkBytes;
+    const uint64_t n = std::min(count - done, kChunkBytes - in);
+    std::memcpy(chunk_locked(at / kChunkBytes, in, in + n) + in, p + done, n);
+    done += n;
+  }
+  size_ = std::max(size_, offset + count);
+}
+
+void MemoryFile::zero_locked(uint64_t offset, uint64_t count) {
+  const uint64_t end = std::min(size_, offset + count);
+  for (uint64_t at = offset; at < end;) {
+    const uint64_t index = at / kChunkBytes, in = at % kChunkBytes;
+    const uint64_t n = std::min(end - at, kChunkBytes - in);
+    if (index < chunks_.size() && chunks_[index]) {
+      if (n == kChunkBytes)
+        chunks_[index].reset();  // a whole chunk: no memory for zeroes
+      else
+        std::memset(chunks_[index].get() + in, 0, n);
+    }
+    at += n;
+  }
+}
 
 Status MemoryFile::pread(void *buf, size_t count, uint64_t offset) {
   if (count == 0)
     return Status::ok();
   std::shared_lock lock(mu_);
   auto *p = static_cast<uint8_t *>(buf);
-  const uint64_t have = offset < data_.size() ? std::min<uint64_t>(count, data_.size() - offset) : 0;
-  if (have)
-    std::memcpy(p, data_.data() + offset, have);
-  std::memset(p + have, 0, count - have);
+  for (uint64_t done = 0; done < count;) {
+    const uint64_t at = offset + done, index = at / kChunkBytes, in = at % kChunkBytes;
+    const uint64_t n = std::min<uint64_t>(count - done, kChunkBytes - in);
+    const bool data = at < size_ && index < chunks_.size() && chunks_[index];
+    if (data)  // bytes of the chunk past the end of the file are zero
+      std::memcpy(p + done, chunks_[index].get() + in, n);
+    else
+      std::memset(p + done, 0, n);
+    done += n;
+  }
   return Status::ok();
 }
 
@@ -21,50 +71,50 @@ Status MemoryFile::pwrite(const void *buf, size_t count, uint64_t offset) {
   if (count == 0)
     return Status::ok();
   std::unique_lock lock(mu_);
-  if (data_.size() < offset + count)
-    data_.resize(offset + count);
-  std::memcpy(data_.data() + offset, buf, count);
+  write_locked(static_cast<const uint8_t *>(buf), count, offset);
   return Status::ok();
 }
 
 Result<uint64_t> MemoryFile::size() {
   std::shared_lock lock(mu_);
-  return uint64_t(data_.size());
+  return size_;
 }
 
 Status MemoryFile::truncate(uint64_t size) {
   std::unique_lock lock(mu_);
-  data_.resize(size);
+  if (size < size_) {
+    // What lies past the new end must read as zeroes if the file grows again.
+    zero_locked(size, size_ - size);
+    chunks_.resize(std::min<uint64_t>(chunks_.size(), (size + kChunkBytes - 1) / kChunkBytes));
+  }
+  size_ = size;
   return Status::ok();
 }
 
 Status MemoryFile::extend_to(uint64_t size, uint64_t preferred) {
   std::unique_lock lock(mu_);
-  if (data_.size() < size)
-    data_.resize(std::max(size, preferred));
+  if (size_ < size)
+    size_ = std::max(size, preferred);
   return Status::ok();
 }
 
 Status MemoryFile::punch_hole(uint64_t offset, uint64_t count) {
   std::unique_lock lock(mu_);
-  if (offset < data_.size())
-    std::fill_n(data_.begin() + ptrdiff_t(offset),
-                std::min<uint64_t>(count, data_.size() - offset), 0);
+  zero_locked(offset, count);
   return Status::ok();
 }
 
 Status MemoryFile::zero_range(uint64_t offset, uint64_t count) {
-  {
-    std::unique_lock lock(mu_);
-    if (data_.size() < offset + count)
-      data_.resize(offset + count);
-  }
-  return punch_hole(offset, count);
+  std::unique_lock lock(mu_);
+  size_ = std::max(size_, offset + count);
+  zero_locked(offset, count);
+  return Status::ok();
 }
 
 std::vector<uint8_t> MemoryFile::contents() const {
-  std::shared_lock lock(mu_);
-  return data_;
+  std::vector<uint8_t> out(size_);
+  (void)const_cast<MemoryFile *>(this)->pread(out.data(), out.size(), 0);
+  return out;
 }
 
 void FaultFile::fail_nth(FileOp op, uint64_t nth, int err) {
@@ -98,6 +148,11 @@ void FaultFile::add_marker(uint64_t tag) { record(FileOp::kMarker, tag, 0, nullp
 std::vector<FaultFile::Record> FaultFile::records() const {
   std::lock_guard lock(mu_);
   return log_;
+}
+
+std::vector<FaultFile::Record> FaultFile::take_records() {
+  std::lock_guard lock(mu_);
+  return std::exchange(log_, {});
 }
 
 Status FaultFile::maybe_fail(FileOp op) {

@@ -14,13 +14,14 @@
 
 namespace qed {
 
-// A sparse-free in-memory file. mu_ guards data_: readers share it, mutations
-// take it exclusively.
+// An in-memory file, in chunks of 64 KiB made on first write (so a growing
+// file never moves, and chunks stay small enough for the allocator to reuse).
+// Whole chunks of zeroes are freed. mu_ guards everything: readers share it,
+// mutations take it exclusively.
 class MemoryFile final : public File {
 public:
   explicit MemoryFile(std::string name = "memory") : name_(std::move(name)) {}
-  explicit MemoryFile(std::vector<uint8_t> bytes, std::string name = "memory")
-      : name_(std::move(name)), data_(std::move(bytes)) {}
+  explicit MemoryFile(std::vector<uint8_t> bytes, std::string name = "memory");
 
   const std::string &name() const override { return name_; }
   Status pread(void *buf, size_t count, uint64_t offset) override;
@@ -35,9 +36,15 @@ public:
   std::vector<uint8_t> contents() const;
 
 private:
+  static constexpr uint64_t kChunkBytes = 64 * 1024;
+  uint8_t *chunk_locked(uint64_t index, uint64_t keep_from, uint64_t keep_to);
+  void write_locked(const uint8_t *p, uint64_t count, uint64_t offset);
+  void zero_locked(uint64_t offset, uint64_t count);  // within the file
+
   const std::string name_;
   mutable std::shared_mutex mu_;
-  std::vector<uint8_t> data_;  // guarded by mu_
+  uint64_t size_ = 0;                                // guarded by mu_
+  std::vector<std::unique_ptr<uint8_t[]>> chunks_;   // guarded by mu_; null: zeroes
 };
 
 enum class FileOp { kRead, kWrite, kSync, kTruncate, kExtend, kPunch, kZero, kMarker, kCount };
@@ -67,6 +74,8 @@ public:
   // the log when an operation above the file (a flush) returned.
   void add_marker(uint64_t tag);
   std::vector<Record> records() const;
+  // The log, moved out (it holds every byte written): the log is empty after.
+  std::vector<Record> take_records();
   uint64_t calls(FileOp op) const { return calls_[size_t(op)].load(); }
 
   const std::string &name() const override { return inner_->name(); }

@@ -128,6 +128,25 @@ TEST_SUITE("check") {
     CHECK(d.bytes == before);
   }
 
+  TEST_CASE("a table of garbage: every entry counted and cleared, a bounded list of lines") {
+    // One line per bad entry would make the check's memory grow with the
+    // entries of a hostile file, not with its clusters.
+    Damaged d = make_image();
+    const uint64_t entries = uint64_t(kCs) * kTs / 8;
+    for (uint64_t l1 : {0, 1})
+      for (uint64_t j = 0; j < entries; j++)
+        d.put(d.l2_entry_at(l1, j), 3);  // misaligned
+    qed::CheckReport r = repair_and_recheck(d);
+    CHECK(r.invalid_entries == 2 * entries);
+    CHECK(r.repaired == 2 * entries + 1);  // and the leaked data clusters
+    REQUIRE(r.problems.size() == 22);      // 20, the rest counted, the leaks
+    CHECK(r.problems[20] == "and " + std::to_string(2 * entries - 20) +
+                                " more problems like these");
+    CHECK(r.problems[21].find("leaked clusters") != std::string::npos);
+    for (uint64_t j : {0, 7, 1023})
+      CHECK(d.get(d.l2_entry_at(0, j)) == 0);
+  }
+
   TEST_CASE("an L2 entry past the end of the file is cleared") {
     Damaged d = make_image();
     d.put(d.l2_entry_at(0, 7), (d.bytes.size() / kCs + 3) * kCs);

@@ -10,6 +10,13 @@ using qed::FileOp;
 CrashStates::CrashStates(std::vector<uint8_t> initial, Log log)
     : log_(std::move(log)), initial_(std::move(initial)), base_(initial_) {
   last_sync_.resize(log_.size() + 1);
+  max_size_ = initial_.size();
+  for (const auto &r : log_) {
+    if (r.op == FileOp::kWrite || r.op == FileOp::kZero)
+      max_size_ = std::max<uint64_t>(max_size_, r.offset + r.length);
+    else if (r.op == FileOp::kExtend || r.op == FileOp::kTruncate)
+      max_size_ = std::max<uint64_t>(max_size_, r.offset);
+  }
   long last = -1;
   for (size_t k = 0; k <= log_.size(); k++) {
     last_sync_[k] = last;
@@ -68,6 +75,8 @@ void CrashStates::advance_base_to(long sync_index) {
     base_ = initial_;
     base_upto_ = -1;
   }
+  // Room for everything the log may add, so applying it never moves the file.
+  base_.reserve(max_size_);
   for (long i = base_upto_ + 1; i <= sync_index; i++)
     apply(base_, log_[size_t(i)]);
   base_upto_ = std::max(base_upto_, sync_index);
@@ -76,7 +85,9 @@ void CrashStates::advance_base_to(long sync_index) {
 std::vector<uint8_t> CrashStates::state_at(size_t k, Survival survival, std::mt19937_64 &rng) {
   const long sync = last_sync_[k];
   advance_base_to(sync);
-  std::vector<uint8_t> file = base_;
+  std::vector<uint8_t> file;
+  file.reserve(max_size_);
+  file = base_;
   for (size_t i = size_t(sync + 1); i < k; i++) {
     const auto &r = log_[i];
     if (survival == Survival::kNone)

@@ -46,6 +46,7 @@ private:
   std::vector<uint8_t> initial_;
   std::vector<uint8_t> base_;    // initial_ with ops [0, base_upto_] applied
   long base_upto_ = -1;
+  uint64_t max_size_ = 0;        // the largest the file gets in the log
 };
 
 }  // namespace crash
