@@ -18,16 +18,7 @@ constexpr fuzz::MutatorProfile kProfile{true, 10};
 
 }  // namespace
 
-extern "C" size_t LLVMFuzzerCustomMutator(uint8_t *data, size_t size, size_t max_size,
-                                          unsigned seed) {
-  return fuzz::mutate_image(data, size, max_size, seed, kProfile);
-}
-
-extern "C" size_t LLVMFuzzerCustomCrossOver(const uint8_t *data1, size_t size1,
-                                            const uint8_t *data2, size_t size2, uint8_t *out,
-                                            size_t max_out_size, unsigned seed) {
-  return fuzz::cross_over_images(data1, size1, data2, size2, out, max_out_size, seed, kProfile);
-}
+QED_FUZZ_IMAGE_MUTATOR_HOOKS(kProfile)
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (size < qed::kHeaderBytes || size > (1u << 20))
