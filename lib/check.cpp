@@ -2,7 +2,7 @@
 
 #include <algorithm>
 
-#include "endian.h"
+#include "byte_order.h"
 #include "geometry.h"
 #include "table.h"
 

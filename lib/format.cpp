@@ -2,7 +2,7 @@
 
 #include <bit>
 
-#include "endian.h"
+#include "byte_order.h"
 
 namespace qed {
 

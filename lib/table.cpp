@@ -2,7 +2,7 @@
 
 #include <cstring>
 
-#include "endian.h"
+#include "byte_order.h"
 
 namespace qed {
 

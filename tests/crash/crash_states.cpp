@@ -28,7 +28,7 @@
 
 #include "crash_model.h"
 #include "create.h"
-#include "endian.h"
+#include "byte_order.h"
 #include "image.h"
 
 namespace {

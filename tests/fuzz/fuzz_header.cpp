@@ -4,7 +4,7 @@
 #include <cstdlib>
 #include <cstring>
 
-#include "endian.h"
+#include "byte_order.h"
 #include "format.h"
 #include "geometry.h"
 

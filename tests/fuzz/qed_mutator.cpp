@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "endian.h"
+#include "byte_order.h"
 #include "format.h"
 #include "fuzz_image.h"
 #include "table.h"

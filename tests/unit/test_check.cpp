@@ -8,7 +8,7 @@
 
 #include "check.h"
 #include "create.h"
-#include "endian.h"
+#include "byte_order.h"
 #include "fault_file.h"
 #include "image.h"
 

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <thread>
 
+#include "byte_order.h"
 #include "check.h"
 #include "image.h"
 #include "test_util.h"

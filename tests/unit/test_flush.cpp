@@ -6,6 +6,7 @@
 
 #include <algorithm>
 
+#include "byte_order.h"
 #include "image.h"
 #include "test_util.h"
 

@@ -4,7 +4,7 @@
 #include <cerrno>
 #include <string>
 
-#include "endian.h"
+#include "byte_order.h"
 #include "status.h"
 
 using qed::Result;
