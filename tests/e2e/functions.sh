@@ -184,6 +184,19 @@ refuses() {
   return 0
 }
 
+# qio_ok IMAGE CMD...: qemu-io commands on IMAGE that must all succeed (qemu-io
+# reports some failures only in its output).
+qio_ok() {
+  local image=$1 c args=() out
+  shift
+  for c in "$@"; do args+=(-c "$c"); done
+  out=$(qemu-io -f qed "${args[@]}" "$image" 2>&1) || { echo "$out" >&2; fail "qemu-io on $image: $*"; }
+  if grep -Eq 'failed|Pattern verification|error' <<<"$out"; then
+    echo "$out" >&2
+    fail "qemu-io on $image: $*"
+  fi
+}
+
 # qemu_raw IMAGE OUT: qemu's reference decoding of a QED image (with its backing chain).
 qemu_raw() {
   qemu-img convert -f qed -O raw "$1" "$2"

@@ -20,17 +20,6 @@ requires qemu-nbd --version
 MiB=$((1024 * 1024))
 net=allow-backing=network
 
-qio() {  # qio IMAGE CMD...: qemu-io commands that must all succeed
-  local image=$1 c args=() out
-  shift
-  for c in "$@"; do args+=(-c "$c"); done
-  out=$(qemu-io -f qed "${args[@]}" "$image" 2>&1) || { echo "$out" >&2; fail "qemu-io on $image: $*"; }
-  if grep -Eq 'failed|Pattern verification|error' <<<"$out"; then
-    echo "$out" >&2
-    fail "qemu-io on $image: $*"
-  fi
-}
-
 # The base: 20 MiB + 1536 bytes (a multiple of 512, not of the cluster size), data
 # and holes; overlays are 32 MiB, so their tail lies beyond the base.
 base_size=$((20 * MiB + 1536))
@@ -41,7 +30,7 @@ uri=$(base_uri base)
 
 echo "== an overlay made by qemu-img, written by qemu-io"
 qemu-img create -q -f qed -b "$uri" -F raw top.qed 32M
-qio top.qed 'write -P 0x11 0 64k' 'write -P 0x22 5M 100k' 'write -P 0x33 12M 4k' \
+qio_ok top.qed 'write -P 0x11 0 64k' 'write -P 0x22 5M 100k' 'write -P 0x33 12M 4k' \
   'write -P 0x44 20M 4k' 'write -z 9M 128k' 'write -P 0x55 30M 64k'
 check_same_as_qemu top.qed $net
 echo "ok: the plugin reads what qemu wrote, with the base on an NBD server"
@@ -116,7 +105,7 @@ with open(sys.argv[1], "r+b") as f:
         f.seek(off); f.write(bytes([b]) * n)
     f.seek(65536); f.write(bytes(3 * 65536))
 PY
-qio new.p.qed 'read -P 0x61 100 5000' "read -P 0x62 $((4 * MiB - 300)) 1000" \
+qio_ok new.p.qed 'read -P 0x61 100 5000' "read -P 0x62 $((4 * MiB - 300)) 1000" \
   "read -P 0x63 $((20 * MiB + 1000)) 536" 'read -P 0 64k 192k'
 qemu-img compare -q -f qed -F raw new.p.qed want.raw || fail "qemu reads something else than the plugin wrote"
 qemu-img check -q new.p.qed || fail "qemu-img check of the plugin's writes over a remote base"
@@ -125,7 +114,7 @@ check_same_as_qemu new.p.qed $net
 echo "== a QED base served raw by nbdkit, on its own NBD base (a chain of URIs)"
 start_base mid -r file top.qed   # top.qed (over the raw base) is now a base itself
 qemu-img create -q -f qed -b "$(base_uri mid)" -F qed chain.qed
-qio chain.qed 'write -P 0x71 64k 64k' 'write -P 0x72 21M 4k'
+qio_ok chain.qed 'write -P 0x71 64k 64k' 'write -P 0x72 21M 4k'
 check_same_as_qemu chain.qed $net
 serve_ro chain.qed 'nbdinfo "$uri"' $net >chain.info || fail "nbdinfo on the chain"
 grep -qF "backing file: qed $(base_uri mid)" chain.info || fail "the description does not show the QED base"
@@ -148,7 +137,7 @@ truncate -s $((20 * MiB)) small.raw   # a whole number of 4 KiB blocks
 start_base small -r --filter=blocksize-policy file small.raw blocksize-minimum=4096 \
   blocksize-maximum=65536 blocksize-error-policy=error
 qemu-img create -q -f qed -o cluster_size=4096 -u -b "$(base_uri small)" -F raw small.qed 32M
-qio small.qed 'write -P 0x81 8193 100' 'write -P 0x82 1M 1'
+qio_ok small.qed 'write -P 0x81 8193 100' 'write -P 0x82 1M 1'
 # qemu 7.2 asserts in block status on such a server (block/nbd.c
 # nbd_client_co_block_status): the reference comes from a copy on the plain base.
 rm -f small.ref small.out

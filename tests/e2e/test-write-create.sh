@@ -10,7 +10,6 @@ source "$here/functions.sh" "$@"
 
 KiB=1024 MiB=$((1024 * 1024)) GiB=$((1024 * 1024 * 1024))
 
-
 # refused_rw IMAGE CMD [PLUGIN-ARGS...]: serve_rw for a run that must fail; returns
 # nbdkit's exit status.  Under the sanitizer nbdkit 1.32 can hang at exit after
 # printing an error (the ASan-preload issue described in functions.sh): there, a
@@ -23,17 +22,6 @@ refused_rw() {
     rc=1
   fi
   return "$rc"
-}
-
-qio_ok() {  # qio_ok IMAGE CMD...: qemu-io commands that must all succeed
-  local image=$1 c args=() out
-  shift
-  for c in "$@"; do args+=(-c "$c"); done
-  out=$(qemu-io -f qed "${args[@]}" "$image" 2>&1) || { echo "$out" >&2; fail "qemu-io on $image: $*"; }
-  if grep -Eq 'failed|Pattern verification|error' <<<"$out"; then
-    echo "$out" >&2
-    fail "qemu-io on $image: $*"
-  fi
 }
 
 vsize() {  # qemu's idea of the virtual size
