@@ -1,5 +1,6 @@
 #include "backing.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <memory>

@@ -9,6 +9,7 @@
 #define NBDKIT_API_VERSION 2
 #include <nbdkit-plugin.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <memory>
 #include <mutex>

@@ -15,6 +15,7 @@
 // Environment: QED_CRASH_STATES (total states, default 12000), QED_CRASH_SEED.
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>

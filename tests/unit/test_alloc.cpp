@@ -7,6 +7,7 @@
 // lost metadata, the data right after a reopen, the check clean but for leaks.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <new>

@@ -3,6 +3,7 @@
 // image, create through a store, and refusals.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 

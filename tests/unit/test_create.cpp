@@ -1,6 +1,8 @@
 // create_image: layout, rounding and the options it refuses.
 #include <doctest/doctest.h>
 
+#include <algorithm>
+
 #include "create.h"
 #include "test_util.h"
 
