@@ -1,24 +1,37 @@
 #!/usr/bin/env bash
-# Install the Debian packages needed to build, install and test nbdkit-qed.
+# Install the Debian packages needed to build, install and test nbdkit-qed, on
+# Debian 12 (bookworm) and 13 (trixie), from a minimal install: every name here
+# exists on both releases (version-neutral names, e.g. libclang-rt-dev, never
+# libclang-rt-NN-dev). Packages are installed without recommends, so a tool a
+# script runs is listed even when another package would usually pull it in.
 # Idempotent: does nothing (and prints nothing) when everything is present.
 #   install-deps.sh         what building and serving need (and qemu-img for the demo)
-#   install-deps.sh --test  also what the whole test suite needs: clang and its
-#                           runtime (libFuzzer), fio (benchmark smoke run),
-#                           debhelper, dpkg-dev and lintian (Debian package test)
+#   install-deps.sh --test  also what the whole test suite needs
+# To add a package: append it to the group it belongs to, with why if not obvious.
 set -euo pipefail
 
 packages=(
+  # Build: meson finds doctest by its header (Debian's doctest-dev has no .pc).
+  meson ninja-build g++ pkg-config
   nbdkit nbdkit-plugin-dev
   libboost-dev doctest-dev
-  meson ninja-build g++ pkg-config
-  libnbd-dev libnbd-bin python3-libnbd
+  libnbd-dev
+  perl            # pod2man and podchecker, for the man pages
+  man-db          # man(1), to read the installed pages (not in a minimal Debian)
+  # Serve and demo.
+  libnbd-bin python3-libnbd
   qemu-utils
-  perl  # pod2man and podchecker, for the man pages
 )
 if [[ ${1:-} == --test ]]; then
-  packages+=(clang libclang-rt-14-dev fio qemu-utils)
-  # The Debian package test (tests/e2e/test-package.sh) and the man page test.
-  packages+=(debhelper dpkg-dev lintian git man-db)
+  packages+=(
+    # The fuzz build: clang and its runtime (libFuzzer, the sanitizers).
+    clang libclang-rt-dev
+    fio             # bench/bench.sh --quick
+    e2fsprogs       # mkfs.ext2 for e2e-ext2 (not in a minimal Debian 13)
+    # The Debian package test (tests/e2e/test-package.sh): dpkg-buildpackage
+    # checks build-essential, which dpkg-dev only recommends.
+    build-essential debhelper dpkg-dev lintian git
+  )
 fi
 
 missing=()
