@@ -72,10 +72,13 @@ requires nbdcopy --version
 requires qemu-img create -f qed "$tmp/probe.qed" 1M
 rm -f "$tmp/probe.qed"
 
-# Sanitizer set-up.
+# Sanitizer set-up. ldd's output is captured first: under pipefail, a reader
+# that stops early (grep -q, awk's exit) kills the writer with SIGPIPE and fails
+# the whole pipeline.
 _asan_lib=
-if [[ ${QED_SANITIZE:-0} == 1 ]] || ldd "$plugin" 2>/dev/null | grep -q 'libasan\.so'; then
-  _asan_lib=$(ldd "$plugin" 2>/dev/null | awk '/libasan\.so/ { print $3; exit }')
+_plugin_ldd=$(ldd "$plugin" 2>/dev/null || true)
+if [[ ${QED_SANITIZE:-0} == 1 ]] || grep -q 'libasan\.so' <<<"$_plugin_ldd"; then
+  _asan_lib=$(awk '/libasan\.so/ { print $3; exit }' <<<"$_plugin_ldd")
   if [[ -z $_asan_lib || ! -f $_asan_lib ]]; then
     _asan_lib=$(${CXX:-g++} -print-file-name=libasan.so 2>/dev/null || true)
   fi
@@ -182,6 +185,15 @@ refuses() {
     return 1
   fi
   return 0
+}
+
+# man_th_field FIELD PAGE.1: field FIELD of the page's .TH line (1 the name,
+# 2 the section, 3 the date, 4 the release, 5 the centre), unquoted: pod2man
+# from podlators 4 quotes every field, podlators 5 only those that need it.
+man_th_field() {
+  perl -ne 'next unless /^\.TH\s/; my @f;
+    push @f, defined $1 ? $1 =~ s/""/"/gr : $2 while /\G\s*(?:"((?:[^"]|"")*)"|(\S+))/gc;
+    print $f['"$1"'], "\n"; exit' "$2"
 }
 
 # qio_ok IMAGE CMD...: qemu-io commands on IMAGE that must all succeed (qemu-io

@@ -141,11 +141,13 @@ while IFS= read -r field; do
 done < <(sed -n 's/^\(qed_[a-z0-9_]*\)=.*/\1/p' dump.out)
 
 echo "== the built page"
-th=$(grep -m1 '^\.TH' "$man_page" || true)
-echo "$th"
-[[ $th == ".TH nbdkit-qed-plugin 1 "* ]] || problem "$man_page: no .TH nbdkit-qed-plugin 1 line"
+grep -m1 '^\.TH' "$man_page" || true
+[[ $(man_th_field 1 "$man_page") == nbdkit-qed-plugin && $(man_th_field 2 "$man_page") == 1 ]] ||
+  problem "$man_page: no .TH nbdkit-qed-plugin 1 line"
 if [[ -n ${QED_VERSION:-} ]]; then
-  grep -qF "\"$QED_VERSION\"" <<<"$th" || problem "$man_page: the .TH line does not carry version $QED_VERSION"
+  release=$(man_th_field 4 "$man_page")
+  [[ $release == "$QED_VERSION" ]] ||
+    problem "$man_page: the .TH line's release is '$release', not version $QED_VERSION"
 fi
 if command -v man >/dev/null; then
   # What lintian runs to find groff warnings.
