@@ -5,7 +5,10 @@
 # `dpkg-buildpackage -us -uc -b` must produce ../nbdkit-qed-plugin_VERSION_amd64.deb
 # (VERSION: meson.build's project version; the package is native, so there is no
 # Debian revision) holding the plugin in nbdkit's plugindir, the compressed man
-# page and the copyright file; lintian must report no error (E:) on it.
+# page and the copyright file, depending on the very nbdkit version it was built
+# against (the filter loads into no other); Build-Depends must name the package
+# of every pkg-config dependency the build used; lintian must report no error
+# (E:) on it.
 #   test-package.sh PLUGIN.so SOURCE-ROOT
 # The plugin argument is only there for the common harness (functions.sh).
 if [[ $# -ne 2 || ! -d $2 ]]; then
@@ -85,7 +88,38 @@ if grep -q 'usr/local\|/tests/\|\.a$' contents.txt; then
 fi
 dpkg-deb -f "$tmp/pkg/$deb" Package Version Architecture Depends | tee fields.txt
 grep -qx "Version: $version" fields.txt || fail "$deb: Version is not $version"
-grep -q '^Depends:.*nbdkit (>= 1.32)' fields.txt || fail "$deb does not depend on nbdkit (>= 1.32)"
+
+echo "== the package depends on the nbdkit its filter was built against"
+# nbdkit loads a filter only into the version it was built for (debian/rules).
+nbdkit_version=$(pkg-config --modversion nbdkit)
+depends=$(sed -n 's/^Depends: //p' fields.txt)
+for want in "nbdkit (>= $nbdkit_version)" "nbdkit (<< $nbdkit_version.~)"; do
+  [[ ", $depends, " == *", $want, "* ]] || fail "$deb: Depends ($depends) lacks $want"
+done
+installed=$(dpkg-query -W -f='${Version}' nbdkit)
+dpkg --compare-versions "$installed" ge "$nbdkit_version" &&
+  dpkg --compare-versions "$installed" lt "$nbdkit_version.~" ||
+  fail "the installed nbdkit $installed does not satisfy $deb's Depends"
+
+echo "== Build-Depends names every pkg-config dependency the package build used"
+# dpkg-checkbuilddeps passes on a machine where one is missing, and meson fails.
+mapfile -t build_depends < <(sed -n '/^Build-Depends:/,/^[^ ]/p' "$src/debian/control" |
+  sed 's/^Build-Depends://' | tr ',' '\n' | sed -n 's/^ *\([a-z0-9.+-]*\).*/\1/p')
+echo "Build-Depends: ${build_depends[*]}"
+intros=("$tree"/obj-*/meson-info/intro-dependencies.json)
+intro=${intros[0]}
+[[ -f $intro ]] || fail "no meson-info/intro-dependencies.json in the package's build folder"
+mapfile -t used < <(/usr/bin/python3 -c 'import json, sys
+for d in json.load(open(sys.argv[1])): print(d["name"])' "$intro")
+for name in "${used[@]}"; do
+  pc=$(pkg-config --path "$name" 2>/dev/null) || continue
+  owner=$(dpkg -S "$(realpath -- "$pc")" 2>/dev/null || dpkg -S "$pc") ||
+    fail "no package owns $pc (dependency $name)"
+  owner=${owner%%:*}
+  [[ " ${build_depends[*]} " == *" $owner "* ]] ||
+    fail "the package build uses $name ($pc, from $owner), which Build-Depends does not name"
+  echo "$name: $owner"
+done
 
 echo "== the packaged plugin and man page work"
 mkdir unpacked
@@ -93,8 +127,13 @@ dpkg-deb -x "$tmp/pkg/$deb" unpacked
 qed_nbdkit "unpacked$plugindir/nbdkit-qed-plugin.so" --dump-plugin >dump.out ||
   fail "nbdkit cannot load the packaged plugin"
 grep -qx "qed_version=$version" dump.out || fail "the packaged plugin is not version $version"
-zcat "unpacked/usr/share/man/man1/nbdkit-qed-plugin.1.gz" | grep -q '^\.TH nbdkit-qed-plugin 1' ||
+# Unpacked first: `zcat | grep -q` under pipefail fails when grep stops early.
+zcat "unpacked/usr/share/man/man1/nbdkit-qed-plugin.1.gz" >page.1 ||
+  fail "the packaged man page does not decompress"
+[[ $(man_th_field 1 page.1) == nbdkit-qed-plugin && $(man_th_field 2 page.1) == 1 ]] ||
   fail "the packaged man page has no .TH nbdkit-qed-plugin 1"
+[[ $(man_th_field 4 page.1) == "$version" ]] ||
+  fail "the packaged man page is not version $version: $(grep -m1 '^\.TH' page.1)"
 cmp "unpacked/usr/share/doc/nbdkit-qed-plugin/copyright" "$src/debian/copyright" ||
   fail "the packaged copyright file is not debian/copyright"
 
