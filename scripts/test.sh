@@ -6,9 +6,25 @@
 #   build-fuzz/      libFuzzer targets (clang), each of the four run for
 #                    QED_FUZZ_SECONDS (60)
 #   bench/bench.sh --quick, a smoke run of the benchmark (it does not gate on ratios)
+#   debian13-build: in a fresh minimal Debian 13 chroot (scripts/debian-chroot.sh
+#                    trixie serve build), the README's first command and the build
+#                    of every tree above, so that a package name, an include or a
+#                    warning on the current stable fails here; skipped (and said
+#                    so) only when this machine cannot debootstrap at all
 # The last line of output is "N passed, N failed[, N skipped]" over all of them.
 # Exits non-zero if anything failed (including a failed configure or build).
+#
+#   test.sh --build-only   install what is missing, configure and build the four
+#                          trees, run nothing; one "N passed, N failed" over the
+#                          builds (what debian13-build runs in the chroot)
 set -uo pipefail
+
+build_only=false
+case ${1:-} in
+  --build-only) build_only=true ;;
+  "") ;;
+  *) echo "usage: $0 [--build-only]" >&2; exit 2 ;;
+esac
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
@@ -57,6 +73,10 @@ run_suite() {
   if ! ninja -C "$dir"; then
     echo "test: build in $dir failed" >&2
     build_failures=$((build_failures + 1))
+    return
+  fi
+  if $build_only; then
+    echo "build-$dir OK" >>"$extra"
     return
   fi
   echo "=== $dir: test"
@@ -121,25 +141,56 @@ echo "=== build-fuzz: configure and build (clang, libFuzzer, ASan+UBSan)"
 if ! grep -qs clang build-fuzz/meson-info/intro-compilers.json; then
   rm -rf build-fuzz
 fi
-if CXX=clang++ configure build-fuzz -Dtests=false -Dsanitize=false -Dtsan=false -Dfuzz=true &&
-    ninja -C build-fuzz; then
+if ! { CXX=clang++ configure build-fuzz -Dtests=false -Dsanitize=false -Dtsan=false -Dfuzz=true &&
+       ninja -C build-fuzz; }; then
+  echo "test: fuzz build failed" >&2
+  build_failures=$((build_failures + 1))
+elif $build_only; then
+  echo "build-build-fuzz OK" >>"$extra"
+else
   # The image targets take whole images: 64 KiB hold a few small tables.
   # fuzz_requests reads at most 32 requests of a few bytes.
   fuzz fuzz_header 4096
   fuzz fuzz_translate 65536
   fuzz fuzz_check 65536
   fuzz fuzz_requests 1024
-else
-  echo "test: fuzz build failed" >&2
-  build_failures=$((build_failures + 1))
 fi
 
-echo "=== benchmark smoke run (bench/bench.sh --quick)"
-if [[ -x build/plugin/nbdkit-qed-plugin.so || -f build/plugin/nbdkit-qed-plugin.so ]] &&
-    bash bench/bench.sh --quick --no-sync --plugin build/plugin/nbdkit-qed-plugin.so; then
-  echo "bench-smoke OK" >>"$extra"
-else
-  echo "bench-smoke FAIL" >>"$extra"
+bench_smoke() {
+  echo "=== benchmark smoke run (bench/bench.sh --quick)"
+  if [[ -x build/plugin/nbdkit-qed-plugin.so || -f build/plugin/nbdkit-qed-plugin.so ]] &&
+      bash bench/bench.sh --quick --no-sync --plugin build/plugin/nbdkit-qed-plugin.so; then
+    echo "bench-smoke OK" >>"$extra"
+  else
+    echo "bench-smoke FAIL" >>"$extra"
+  fi
+}
+
+# The README's first command and every tree's build on the current Debian
+# stable, from a minimal install (see scripts/debian-chroot.sh). The clone is
+# of HEAD: uncommitted changes are not part of it.
+debian13_build() {
+  local start=$SECONDS rc reason
+  echo "=== debian13-build: scripts/debian-chroot.sh trixie serve build"
+  rm -rf build-debian13
+  mkdir build-debian13
+  QED_CHROOT_LOGS=build-debian13 bash "$here/debian-chroot.sh" trixie serve build 2>&1 |
+    tee build-debian13/output.log
+  rc=${PIPESTATUS[0]}
+  echo "debian13-build: exit status $rc in $((SECONDS - start)) s (logs in build-debian13/)"
+  case $rc in
+    0) echo "debian13-build OK" >>"$extra" ;;
+    77)
+      reason=$(sed -n 's/.*SKIP: //p' build-debian13/output.log | tail -1)
+      echo "debian13-build SKIP ${reason:-see its output}" >>"$extra"
+      ;;
+    *) echo "debian13-build FAIL" >>"$extra" ;;
+  esac
+}
+
+if ! $build_only; then
+  bench_smoke
+  debian13_build
 fi
 
 /usr/bin/python3 - "$build_failures" "$extra" "${logs[@]}" <<'PY'
@@ -153,9 +204,12 @@ bad = []
 tails = []
 with open(sys.argv[2]) as extra:
     for line in extra:
-        name, result = line.split()
+        name, result, *why = line.split(None, 2)
         if result == "OK":
             passed += 1
+        elif result == "SKIP":
+            skipped += 1
+            print("SKIPPED %s: %s" % (name, why[0].strip() if why else "see its output"))
         else:
             failed += 1
             bad.append(name + " " + result)
