@@ -172,6 +172,12 @@ bench_smoke() {
 debian13_build() {
   local start=$SECONDS rc reason
   echo "=== debian13-build: scripts/debian-chroot.sh trixie serve build"
+  if [[ -f /etc/nbdkit-qed-debian-chroot ]]; then
+    reason="this run is inside a chroot of scripts/debian-chroot.sh ($(cat /etc/nbdkit-qed-debian-chroot)), which is that check"
+    echo "debian13-build: SKIP: $reason"
+    echo "debian13-build SKIP $reason" >>"$extra"
+    return
+  fi
   rm -rf build-debian13
   mkdir build-debian13
   QED_CHROOT_LOGS=build-debian13 bash "$here/debian-chroot.sh" trixie serve build 2>&1 |
