@@ -23,7 +23,10 @@ requires lintian --version
 requires command -v dh
 
 version=${QED_VERSION:-}
-[[ -n $version ]] || version=$(sed -n "s/^ *version: *'\([^']*\)'.*/\1/p" "$src/meson.build" | head -1)
+if [[ -z $version ]]; then
+  version=$(sed -n "s/^ *version: *'\([^']*\)'.*/\1/p" "$src/meson.build")
+  version=${version%%$'\n'*}   # the first (not `| head -1`: SIGPIPE under pipefail)
+fi
 [[ -n $version ]] || fail "cannot find the project version in $src/meson.build"
 arch=$(dpkg --print-architecture)
 multiarch=$(dpkg-architecture -qDEB_HOST_MULTIARCH)
