@@ -93,8 +93,11 @@ dpkg-deb -x "$tmp/pkg/$deb" unpacked
 qed_nbdkit "unpacked$plugindir/nbdkit-qed-plugin.so" --dump-plugin >dump.out ||
   fail "nbdkit cannot load the packaged plugin"
 grep -qx "qed_version=$version" dump.out || fail "the packaged plugin is not version $version"
-zcat "unpacked/usr/share/man/man1/nbdkit-qed-plugin.1.gz" | grep -q '^\.TH nbdkit-qed-plugin 1' ||
-  fail "the packaged man page has no .TH nbdkit-qed-plugin 1"
+# Into a file first: under pipefail, grep -q quitting at the first line makes a long
+# page's zcat die of SIGPIPE, and the pipeline fail.
+zcat "unpacked/usr/share/man/man1/nbdkit-qed-plugin.1.gz" >page.1 ||
+  fail "cannot unpack the packaged man page"
+grep -q '^\.TH nbdkit-qed-plugin 1' page.1 || fail "the packaged man page has no .TH nbdkit-qed-plugin 1"
 cmp "unpacked/usr/share/doc/nbdkit-qed-plugin/copyright" "$src/debian/copyright" ||
   fail "the packaged copyright file is not debian/copyright"
 
