@@ -3,6 +3,8 @@
 #include <fcntl.h>
 
 #include <cerrno>
+#include <initializer_list>
+#include <string>
 #include <utility>
 
 namespace qed {

@@ -12,7 +12,9 @@
 #include <doctest/doctest.h>
 
 #include <atomic>
+#include <cerrno>
 #include <cstdarg>
+#include <memory>
 #include <string>
 #include <vector>
 
