@@ -106,6 +106,11 @@ qed::OpenOptions open_options() {
   o.allow_backing = c.backing.has_value();
   o.check = c.check;
   o.backing_override = c.backing;
+  // No image locks: the filter writes nothing, and the plugin below owns the
+  // file (it is the one to lock it, if it is a file at all).
+  o.locking.policy = qed::Locking::kOff;
+  o.backing_stores.local =
+      std::make_shared<qed::PosixBackingStore>(qed::LockSettings{qed::Locking::kOff, {}, {}});
   if (c.backing && qed::is_uri(c.backing->path))
     o.backing_stores.network = std::make_shared<qed_nbd::NbdStore>(qed_nbd::NbdOptions{});
   return o;

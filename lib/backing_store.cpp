@@ -27,7 +27,7 @@ Result<std::string> PosixBackingStore::identity(const std::string &path) {
 }
 
 Result<std::unique_ptr<File>> PosixBackingStore::open(const std::string &path) {
-  return open_posix_file(path, OpenMode::kReadOnly);
+  return open_posix_file(path, OpenMode::kReadOnly, LockAccess::kRead, locking_);
 }
 
 // The engine puts the name in front of the message.

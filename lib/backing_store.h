@@ -17,8 +17,10 @@
 
 #include <memory>
 #include <string>
+#include <utility>
 
 #include "file.h"
+#include "file_lock.h"
 #include "status.h"
 
 namespace qed {
@@ -42,11 +44,17 @@ public:
 };
 
 // Local files with open_posix_file; the identity is the device and inode, so
-// two paths to one file (a symlink, "a/../b") are the same file.
+// two paths to one file (a symlink, "a/../b") are the same file. Each file is
+// held with QEMU's reader locks (file_lock.h) while open, so that nobody
+// writes a base under a live overlay.
 class PosixBackingStore final : public BackingStore {
 public:
+  explicit PosixBackingStore(LockSettings locking = {}) : locking_(std::move(locking)) {}
   Result<std::string> identity(const std::string &path) override;
   Result<std::unique_ptr<File>> open(const std::string &path) override;
+
+private:
+  const LockSettings locking_;
 };
 
 // Refuses every name, with `reason` (the caller's words: the plugin says

@@ -3,7 +3,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
+#include <memory>
+#include <utility>
 
 #include "backing.h"
 #include "backing_store.h"
@@ -82,6 +85,23 @@ Status write_new_image(File &file, const Header &h, const std::string &backing_n
   return file.sync();
 }
 
+// Removes the file at `path`, if any, unless another process uses it: a VM
+// would go on writing a file that is no longer there. It is held as a writer
+// until it is gone, so nobody starts using it in between.
+Status remove_unused(const std::string &path, const LockSettings &locking) {
+  std::unique_ptr<File> held;
+  if (locking.policy != Locking::kOff) {
+    auto old = open_posix_file(path, OpenMode::kReadOnly, LockAccess::kWrite, locking);
+    if (old)
+      held = std::move(*old);
+    else if (old.status().errno_value() != ENOENT)
+      return old.status();
+  }
+  if (::unlink(path.c_str()) < 0 && errno != ENOENT)
+    return Status::io_error(path + ": cannot remove the existing file: " + errno_text(errno), errno);
+  return Status::ok();
+}
+
 }  // namespace
 
 Status create_image(const std::string &path, const CreateOptions &o) {
@@ -96,9 +116,9 @@ Status create_image(const std::string &path, const CreateOptions &o) {
   size = (size + 511) / 512 * 512;
   QED_RETURN_IF_ERROR(check_options(path, o, size));
 
-  if (o.overwrite && ::unlink(path.c_str()) < 0 && errno != ENOENT)
-    return Status::io_error(path + ": cannot remove the existing file: " + errno_text(errno), errno);
-  auto file = open_posix_file(path, OpenMode::kCreate);
+  if (o.overwrite)
+    QED_RETURN_IF_ERROR(remove_unused(path, o.locking));
+  auto file = open_posix_file(path, OpenMode::kCreate, LockAccess::kWrite, o.locking);
   if (!file) {
     if (file.status().errno_value() == EEXIST)
       return Status::invalid_argument(path + ": file exists; refusing to overwrite it");

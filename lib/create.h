@@ -6,6 +6,7 @@
 #include <string>
 
 #include "backing_store.h"
+#include "file_lock.h"
 #include "status.h"
 
 namespace qed {
@@ -18,10 +19,14 @@ struct CreateOptions {
   std::string backing_format;  // "raw", "qed", or empty to probe the file
   bool overwrite = false;      // replace an existing file
   BackingStores backing_stores;  // opens backing_file to learn its format and size
+  // QEMU's image locks (file_lock.h): the new file is locked as a writer from
+  // its creation, and a file to overwrite must be free before it is removed.
+  LockSettings locking;
 };
 
 // Fails, leaving nothing behind, if the options are invalid, the file exists
-// and overwrite is false, or the backing file cannot be opened.
+// and overwrite is false, the file to overwrite is in use (locked), or the
+// backing file cannot be opened.
 Status create_image(const std::string &path, const CreateOptions &options);
 
 }  // namespace qed

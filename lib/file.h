@@ -10,6 +10,7 @@
 #include <memory>
 #include <string>
 
+#include "file_lock.h"
 #include "status.h"
 
 namespace qed {
@@ -64,5 +65,9 @@ enum class OpenMode { kReadOnly, kReadWrite, kCreate };
 // Opens a file with the POSIX implementation. kCreate makes a new file and
 // fails if one exists (the caller decides whether to remove it first).
 Result<std::unique_ptr<File>> open_posix_file(const std::string &path, OpenMode mode);
+// The same, holding QEMU's image locks for `access` (file_lock.h) from before
+// the first byte is read until the File is destroyed.
+Result<std::unique_ptr<File>> open_posix_file(const std::string &path, OpenMode mode,
+                                              LockAccess access, const LockSettings &locking);
 
 }  // namespace qed

@@ -49,7 +49,9 @@ Result<std::unique_ptr<Image>> Image::open_in_chain(const std::string &path,
   if (!identity)
     return identity.status();
   QED_RETURN_IF_ERROR(enter_chain(chain, *identity, path));
-  auto file = open_posix_file(path, options.read_only ? OpenMode::kReadOnly : OpenMode::kReadWrite);
+  const bool writer = !options.read_only || options.lock_as_writer;
+  auto file = open_posix_file(path, options.read_only ? OpenMode::kReadOnly : OpenMode::kReadWrite,
+                              writer ? LockAccess::kWrite : LockAccess::kRead, options.locking);
   if (!file)
     return file.status();
   return open_file(path, std::move(*file), options, chain);

@@ -46,6 +46,14 @@ struct OpenOptions {
   // Opened instead of the backing file the image names (the image must have
   // one). Applies to the image being opened only, not to its backing files.
   std::optional<BackingOverride> backing_override;
+  // QEMU's image locks on the image file (file_lock.h), taken before anything
+  // is read: as a writer when read-write, else as a reader. Backing files are
+  // locked (as readers) by backing_stores.local.
+  LockSettings locking;
+  // Lock as a writer even when opened read-only: for a server that will
+  // reopen the image read-write, so that nobody else starts writing it, or
+  // holds it, in between.
+  bool lock_as_writer = false;
 };
 
 struct ZeroFlags {

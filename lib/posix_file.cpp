@@ -167,6 +167,11 @@ Result<File::Run> PosixFile::probe_run(uint64_t offset, uint64_t limit) {
 }
 
 Result<std::unique_ptr<File>> open_posix_file(const std::string &path, OpenMode mode) {
+  return open_posix_file(path, mode, LockAccess::kRead, LockSettings{Locking::kOff, {}, {}});
+}
+
+Result<std::unique_ptr<File>> open_posix_file(const std::string &path, OpenMode mode,
+                                              LockAccess access, const LockSettings &locking) {
   int flags = O_CLOEXEC | O_NOCTTY | O_NONBLOCK;
   switch (mode) {
   case OpenMode::kReadOnly: flags |= O_RDONLY; break;
@@ -187,10 +192,14 @@ Result<std::unique_ptr<File>> open_posix_file(const std::string &path, OpenMode 
   int fl = ::fcntl(fd.get(), F_GETFL);
   if (fl < 0 || ::fcntl(fd.get(), F_SETFL, fl & ~O_NONBLOCK) < 0)
     return Status::io_error(path + ": fcntl: " + errno_text(errno), errno);
+  auto lock = FileLock::take(fd.get(), path, access, locking);
+  if (!lock)
+    return lock.status();
   auto size = size_of(path, fd.get());
   if (!size)
     return size.status();
-  return std::unique_ptr<File>(std::make_unique<PosixFile>(path, std::move(fd), *size));
+  return std::unique_ptr<File>(
+      std::make_unique<PosixFile>(path, std::move(fd), *size, std::move(*lock)));
 }
 
 }  // namespace qed

@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "file.h"
+#include "file_lock.h"
 
 namespace qed {
 
@@ -51,8 +52,11 @@ private:
 //     never changes under a growing write except by that write itself.
 class PosixFile final : public File {
 public:
-  PosixFile(std::string path, UniqueFd fd, uint64_t size_at_open)
-      : path_(std::move(path)), fd_(std::move(fd)), known_size_(size_at_open) {}
+  PosixFile(std::string path, UniqueFd fd, uint64_t size_at_open, FileLock lock = {})
+      : path_(std::move(path)),
+        fd_(std::move(fd)),
+        lock_(std::move(lock)),
+        known_size_(size_at_open) {}
 
   const std::string &name() const override { return path_; }
   Status pread(void *buf, size_t count, uint64_t offset) override;
@@ -72,6 +76,7 @@ private:
 
   const std::string path_;
   UniqueFd fd_;
+  FileLock lock_;  // on fd_, so declared after it: released before it closes
   std::shared_mutex size_mu_;
   std::atomic<uint64_t> known_size_;
   std::atomic<bool> no_fallocate_{false};  // fallocate said EOPNOTSUPP once

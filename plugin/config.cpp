@@ -3,8 +3,10 @@
 #include <nbdkit-plugin.h>
 
 #include "config.h"
+#include "check_log.h"
 #include "key_help.h"
 #include "format.h"
+#include "nbdkit_args.h"
 
 #include <unistd.h>
 
@@ -77,6 +79,21 @@ int parse_check(const char *value, qed::CheckPolicy &out) {
   return -1;
 }
 
+int parse_locking(const char *value, qed::Locking &out) {
+  static const struct {
+    const char *name;
+    qed::Locking locking;
+  } kModes[] = {{"auto", qed::Locking::kAuto}, {"on", qed::Locking::kOn}, {"off", qed::Locking::kOff}};
+  for (const auto &m : kModes) {
+    if (std::strcmp(value, m.name) == 0) {
+      out = m.locking;
+      return 0;
+    }
+  }
+  nbdkit_error("locking: '%s' is not auto, on or off", value);
+  return -1;
+}
+
 // allow-backing=true|false|network: whether backing files may be local
 // files (true, the default), anything (network also allows NBD URIs), or
 // nothing (false).
@@ -126,6 +143,9 @@ const Key kKeys[] = {
      [](Config &c, const char *k, const char *v) {
        return parse_connections(k, v, c.backing_connections);
      }},
+    {"locking", "auto|on|off",
+     "QEMU's image locks (default auto: on where the file system has them).",
+     [](Config &c, const char *, const char *v) { return parse_locking(v, c.locking); }},
     {"size", "<SIZE>", "Size of a new image; on an existing image, grow it to SIZE.",
      [](Config &c, const char *k, const char *v) { return parse_size(k, v, c.size); }},
     {"create", "true", "Create file= as a new, empty image (needs size= or backing=).",
@@ -206,7 +226,19 @@ int config_complete() {
   }
   c.create_options.size = c.size;
   c.create_options.overwrite = c.overwrite;
+  // Unknown: lock as a writer, which keeps everyone else out.
+  c.read_only = nbdkit_read_only().value_or(false);
+  nbdkit_debug("%s: locked as a %s (nbdkit %s -r)", c.file.c_str(),
+               c.read_only ? "reader" : "writer", c.read_only ? "runs with" : "runs without");
   return 0;
+}
+
+qed::LockSettings lock_settings() {
+  qed::LockSettings s;
+  s.policy = config().locking;
+  s.off_switch = "locking=off";
+  s.on_unlocked = [](const std::string &why) { qed_nbdkit::log_info("%s", why.c_str()); };
+  return s;
 }
 
 const char *config_help() {

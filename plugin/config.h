@@ -6,6 +6,7 @@
 #include <string>
 
 #include "create.h"
+#include "file_lock.h"
 #include "image.h"
 
 namespace qed_plugin {
@@ -21,6 +22,10 @@ struct Config {
   bool allow_network_backing = false;  // allow-backing=network
   unsigned backing_connections = 8;    // backing-connections=
   qed::CheckPolicy check = qed::CheckPolicy::kAuto;  // check=
+  qed::Locking locking = qed::Locking::kAuto;        // locking=
+  // nbdkit runs with -r (nbdkit_args.h): the image is locked as a reader;
+  // otherwise as a writer from start-up, before any client asks to write.
+  bool read_only = false;
 };
 
 // The one configuration of this nbdkit process (nbdkit loads a plugin once).
@@ -30,6 +35,10 @@ Config &config();
 // makes file= absolute (only these two may call nbdkit_realpath).
 int config_key(const char *key, const char *value);
 int config_complete();
+
+// How the engine locks the image and its local backing files: locking=, the
+// key named in refusals, and log lines where auto finds no lock support.
+qed::LockSettings lock_settings();
 
 // .config_help: one aligned line per key.
 const char *config_help();

@@ -48,6 +48,7 @@ qed::Image &image_of(void *handle) { return *static_cast<Handle *>(handle)->imag
 qed::BackingStores backing_stores() {
   const Config &c = config();
   qed::BackingStores stores;
+  stores.local = std::make_shared<qed::PosixBackingStore>(lock_settings());
   if (c.allow_network_backing) {
     qed_nbd::NbdOptions nbd;
     nbd.connections = c.backing_connections;
@@ -68,6 +69,8 @@ qed::OpenOptions open_options(bool read_only) {
   o.backing_stores = backing_stores();
   o.grow_to = read_only || c.create ? 0 : c.size;
   o.check = c.check;
+  o.locking = lock_settings();
+  o.lock_as_writer = !c.read_only;
   return o;
 }
 
@@ -96,6 +99,7 @@ int qed_get_ready() {
     if (c.create) {
       qed::CreateOptions o = c.create_options;
       o.backing_stores = backing_stores();
+      o.locking = lock_settings();
       if (qed::Status s = qed::create_image(c.file, o); !s.is_ok())
         return report(s);
     }
@@ -125,7 +129,9 @@ void *qed_open(int readonly) {
     if (!readonly && !served_writable) {
       if (!served)
         return report(qed::Status::io_error("image is not open", EIO));
-      // Drop the read-only instance first: the file must have one owner.
+      // Drop the read-only instance first: the file must have one owner, and
+      // its locks would refuse ours. Another process that locks the image in
+      // the moment between is refused by ours or refuses us (see file_lock.h).
       served.reset();
       if (open_served(false) == -1)
         return -1;

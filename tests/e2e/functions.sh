@@ -154,18 +154,24 @@ serve_rw() {
   qed_nbdkit -U "$tmp/sock" "$plugin" file="$image" "$@" --run "$cmd"
 }
 
-# refuses [PLUGIN-ARGS...]: nbdkit serving the plugin read-only with these arguments
-# must refuse to start: exit status 1..125 (not a signal), and the --run command must
-# not run.  Sets $refuse_rc.  Tolerates the ASan-preload exit hang (see above).
-# Through the filter (file=IMAGE among the arguments), the refusal is that no client
-# gets the export: the filter keeps nbdkit up and refuses each connection.
+# refuses [--rw] [PLUGIN-ARGS...]: nbdkit serving the plugin read-only (read-write
+# with --rw) with these arguments must refuse to start: exit status 1..125 (not a
+# signal), and the --run command must not run.  Sets $refuse_rc.  Tolerates the
+# ASan-preload exit hang (see above).  Through the filter (file=IMAGE among the
+# arguments), the refusal is that no client gets the export: the filter keeps
+# nbdkit up and refuses each connection.
 refuses() {
+  local mode=(-r)
+  if [[ ${1:-} == --rw ]]; then
+    mode=()
+    shift
+  fi
   refuse_rc=0
   rm -f "$tmp/sock" "$tmp/ran"
   if [[ $frontend != plugin ]]; then
     _filter_refuses "$@"
   else
-    QED_NBDKIT_TIMEOUT=8 qed_nbdkit -r -U "$tmp/sock" "$plugin" "$@" --run "touch '$tmp/ran'" ||
+    QED_NBDKIT_TIMEOUT=8 qed_nbdkit "${mode[@]}" -U "$tmp/sock" "$plugin" "$@" --run "touch '$tmp/ran'" ||
       refuse_rc=$?
   fi
   if sanitized && [[ $refuse_rc -eq 124 || $refuse_rc -eq 137 ]] && grep -q 'error:' "$nbdkit_err"; then
@@ -207,6 +213,118 @@ qio_ok() {
     echo "$out" >&2
     fail "qemu-io on $image: $*"
   fi
+}
+
+# ---- Servers and lock holders in the background -----------------------------------
+# serve_bg NAME [NBDKIT-OPTIONS...] -- [PLUGIN-ARGS...]: nbdkit serving the plugin in
+# the background (with the sanitizer runtime when needed) on $tmp/NAME.sock, its
+# stderr in $tmp/NAME.err; returns once it serves (nbdkit binds its socket after
+# .get_ready, where the image is opened and locked).  Fails the test if it exits
+# instead.  stop_bg NAME [SIGNAL] stops it (TERM by default) and waits for it;
+# bg_uri NAME is its URI.  hold_bg NAME CMD...: any other command in the
+# background (qemu-io holding an image), stopped the same way.  Whatever is still
+# running when the test exits is killed.
+declare -A _bg_pid=()
+bg_uri() { echo "nbd+unix:///?socket=$tmp/$1.sock"; }
+serve_bg() {
+  local name=$1 opts=() i
+  shift
+  while [[ $# -gt 0 && $1 != -- ]]; do opts+=("$1"); shift; done
+  [[ ${1:-} == -- ]] && shift
+  rm -f "$tmp/$name.sock"
+  if sanitized; then
+    LD_PRELOAD="$_asan_lib${LD_PRELOAD:+:$LD_PRELOAD}" ASAN_OPTIONS="detect_leaks=0:exitcode=97" \
+      nbdkit -f "${opts[@]}" -U "$tmp/$name.sock" "$plugin" "$@" 2>"$tmp/$name.err" &
+  else
+    nbdkit -f "${opts[@]}" -U "$tmp/$name.sock" "$plugin" "$@" 2>"$tmp/$name.err" &
+  fi
+  _bg_pid[$name]=$!
+  for ((i = 0; i < 600; i++)); do
+    [[ -S $tmp/$name.sock ]] && return 0
+    kill -0 "${_bg_pid[$name]}" 2>/dev/null || break
+    sleep 0.05
+  done
+  cat "$tmp/$name.err" >&2
+  fail "nbdkit $name (${opts[*]} $*) did not start"
+}
+hold_bg() {
+  local name=$1
+  shift
+  "$@" >"$tmp/$name.out" 2>&1 &
+  _bg_pid[$name]=$!
+}
+stop_bg() {
+  local name=$1 sig=${2:-TERM} pid=${_bg_pid[$1]:-} i
+  [[ -n $pid ]] || return 0
+  kill "-$sig" "$pid" 2>/dev/null || true
+  for ((i = 0; i < 600; i++)); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.05
+  done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  unset "_bg_pid[$name]"
+  if [[ -f $tmp/$name.err ]] &&
+      grep -Eq 'ERROR: (Address|Leak|Undefined)Sanitizer|runtime error:' "$tmp/$name.err"; then
+    cat "$tmp/$name.err" >&2
+    fail "sanitizer report from nbdkit $name"
+  fi
+}
+_stop_all_bg() {
+  local name
+  for name in "${!_bg_pid[@]}"; do
+    kill -KILL "${_bg_pid[$name]}" 2>/dev/null || true
+  done
+}
+trap '_bg_rc=$?; _stop_all_bg; (exit $_bg_rc); _cleanup' EXIT
+
+# locked_bytes FILE: which of QEMU's lock bytes (100-103, 200-203) some open file
+# holds on FILE, tested from a new open file description as QEMU tests them:
+# "100 101 103 201 203" for a writer, "100 201 203" for a reader, "" for nobody.
+locked_bytes() {
+  /usr/bin/python3 - "$1" <<'PY'
+import fcntl, os, struct, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+held = []
+for off in [100, 101, 102, 103, 200, 201, 202, 203]:
+    # struct flock: l_type, l_whence, l_start, l_len, l_pid
+    fl = struct.pack("hhqqi", fcntl.F_WRLCK, os.SEEK_SET, off, 1, 0)
+    if struct.unpack("hhqqi", fcntl.fcntl(fd, fcntl.F_OFD_GETLK, fl))[0] != fcntl.F_UNLCK:
+        held.append(str(off))
+print(" ".join(held))
+PY
+}
+
+# wait_locked FILE BYTES: until locked_bytes FILE says BYTES (10 s at most).
+wait_locked() {
+  local i
+  for ((i = 0; i < 200; i++)); do
+    [[ $(locked_bytes "$1") == "$2" ]] && return 0
+    sleep 0.05
+  done
+  fail "$1: locked bytes are '$(locked_bytes "$1")', not '$2'"
+}
+
+# qemu_locked_out CMD...: CMD, a QEMU program opening an image, must be refused for
+# a lock: it fails and says "Failed to get ... lock", as QEMU does.
+qemu_locked_out() {
+  local out rc=0
+  out=$("$@" 2>&1) || rc=$?
+  if [[ $rc -eq 0 ]] || ! grep -q 'Failed to get .*lock' <<<"$out"; then
+    echo "$out" >&2
+    fail "not refused for a lock (exit status $rc): $*"
+  fi
+}
+
+# lock_refusal_ok IMAGE WHAT: the last nbdkit's refusal ($nbdkit_err) names IMAGE and
+# WHAT it failed to get, says another process uses it and how to find out, and names
+# the key that turns locking off.
+lock_refusal_ok() {
+  local image=$1 what=$2 m
+  for m in "$image: $what" "another process is using the image" "\"fuser -v $image\" shows which" \
+      "locking=off opens it anyway"; do
+    grep -qF -- "$m" "$nbdkit_err" || fail "the refusal does not say: $m"
+  done
 }
 
 # qemu_raw IMAGE OUT: qemu's reference decoding of a QED image (with its backing chain).

@@ -44,7 +44,7 @@ fi
 
 echo "== required sections, in order"
 required=(NAME SYNOPSIS DESCRIPTION PARAMETERS EXAMPLES "CRASH SAFETY" "CHECK AND REPAIR"
-          LIMITS "DUMP-PLUGIN OUTPUT" FILES VERSION "SEE ALSO")
+          LOCKING LIMITS "DUMP-PLUGIN OUTPUT" FILES VERSION "SEE ALSO")
 mapfile -t heads < <(sed -n 's/^=head1 //p' "$pod")
 printf '  %s\n' "${heads[@]}"
 i=0
