@@ -1,9 +1,5 @@
 // The POSIX file below the engine, with system calls interposed from this
-// test binary: fallocate refused (as on ext2/ext3, NFSv3, some FUSE and 9p
-// file systems), fstat paused, calls counted. Interposition is per file
-// descriptor and off unless a test arms it, so the other tests see the real
-// calls.
-#include <dlfcn.h>
+// test binary (posix_hooks.h).
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -18,86 +14,15 @@
 #include <thread>
 
 #include "file.h"
+#include "posix_hooks.h"
 #include "test_util.h"
 
-namespace hooks {
-
-std::atomic<int> refuse_fallocate_fd{-1};  // fallocate() on it fails EOPNOTSUPP
-std::atomic<int> pause_fstat_fd{-1};       // fstat() on it waits (see below)
-std::atomic<int> count_fd{-1};             // calls on it are counted
-std::atomic<int> fallocates{0}, ftruncates{0};
-
-// A paused fstat() has read the size and waits for release() or 500 ms.
-std::mutex mu;
-std::condition_variable cv;
-bool paused = false, released = false;
-
-void release() {
-  std::lock_guard lock(mu);
-  released = true;
-  cv.notify_all();
-}
-
-template <typename Fn>
-Fn real(const char *name) {
-  return reinterpret_cast<Fn>(::dlsym(RTLD_NEXT, name));
-}
-
-}  // namespace hooks
-
-extern "C" int fallocate(int fd, int mode, off_t offset, off_t len) {
-  static auto next = hooks::real<int (*)(int, int, off_t, off_t)>("fallocate");
-  if (fd == hooks::count_fd.load())
-    hooks::fallocates++;
-  if (fd == hooks::refuse_fallocate_fd.load()) {
-    errno = EOPNOTSUPP;
-    return -1;
-  }
-  return next(fd, mode, offset, len);
-}
-
-extern "C" int ftruncate(int fd, off_t length) {
-  static auto next = hooks::real<int (*)(int, off_t)>("ftruncate");
-  if (fd == hooks::count_fd.load())
-    hooks::ftruncates++;
-  return next(fd, length);
-}
-
-extern "C" int fstat(int fd, struct stat *st) {
-  static auto next = hooks::real<int (*)(int, struct stat *)>("fstat");
-  const int r = next(fd, st);
-  if (fd == hooks::pause_fstat_fd.load()) {
-    std::unique_lock lock(hooks::mu);
-    hooks::paused = true;
-    hooks::cv.notify_all();
-    hooks::cv.wait_for(lock, std::chrono::milliseconds(500), [] { return hooks::released; });
-  }
-  return r;
-}
+using hooks::Disarm;
+using hooks::fd_of;
 
 TEST_SUITE_BEGIN("posix");
 
 namespace {
-
-// The descriptor this process holds on `path` (the PosixFile's).
-int fd_of(const std::string &path) {
-  for (int fd = 3; fd < 1024; fd++) {
-    char link[4096];
-    const std::string proc = "/proc/self/fd/" + std::to_string(fd);
-    const ssize_t n = ::readlink(proc.c_str(), link, sizeof link - 1);
-    if (n > 0 && std::string(link, size_t(n)) == path)
-      return fd;
-  }
-  return -1;
-}
-
-struct Disarm {
-  ~Disarm() {
-    hooks::refuse_fallocate_fd = -1;
-    hooks::pause_fstat_fd = -1;
-    hooks::count_fd = -1;
-  }
-};
 
 std::unique_ptr<qed::File> open_rw(const std::string &path, std::vector<uint8_t> content) {
   qt::write_whole_file(path, content);
