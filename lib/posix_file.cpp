@@ -109,8 +109,11 @@ Status PosixFile::extend_to(uint64_t size, uint64_t preferred) {
     return Status::ok();  // a completed write or extension already got there
   const uint64_t target = std::max(size, preferred);
   // fallocate() of the last byte grows the file and never changes data, so it
-  // is safe while other threads write near the end.
+  // is safe while other threads write near the end. The shared lock keeps
+  // truncate() out from the call to the raise: a cut in between would leave
+  // known_size_ claiming bytes the file no longer has.
   if (!no_fallocate_.load()) {
+    std::shared_lock lock(size_mu_);
     if (::fallocate(fd_.get(), 0, off_t(target - 1), 1) == 0) {
       raise_known_size(target);
       return Status::ok();
