@@ -1,6 +1,7 @@
 // The file reaches every table and cluster its entries name (issue 18,
 // defect 1): a failed allocation giving its space back while a flush extends
-// the file loses no flushed data.
+// the file loses no flushed data; a flush never writes an entry past the end
+// of the file.
 #include <doctest/doctest.h>
 
 #include <atomic>
@@ -33,6 +34,18 @@ public:
     if (fail_at.compare_exchange_strong(armed, UINT64_MAX))
       return qed::Status::io_error(name() + ": injected write failure", EIO);
     return inner_->pwrite(buf, count, offset);
+  }
+};
+
+// While `lie` is set, extend_to() says it grew the file and does nothing (a
+// File whose idea of its size went wrong).
+class LyingExtend final : public qt::SharedFile {
+public:
+  using SharedFile::SharedFile;
+  std::atomic<bool> lie{false};
+
+  qed::Status extend_to(uint64_t size, uint64_t preferred) override {
+    return lie ? qed::Status::ok() : inner_->extend_to(size, preferred);
   }
 };
 
@@ -108,4 +121,35 @@ TEST_CASE("a failed allocation giving space back during a flush's extension lose
   check_reads(*again, kCs, b);
   check_reads(*again, 3 * kCs, d);
   REQUIRE(again->close().is_ok());
+}
+
+TEST_CASE("a flush writes no entry that points past the end of the file") {
+  qt::TempDir dir;
+  qt::MemImage m = qt::MemImage::create(dir, "lie.qed", kDisk, kCs, 1);
+  auto lying = std::make_shared<LyingExtend>(m.mem);
+  auto img = qt::open_on(m.path, std::make_unique<qt::SharedFile>(lying), qt::rw_options());
+  const auto a = pattern(kCs, 5), b = pattern(512, 6);
+  REQUIRE(img->write(a.data(), a.size(), 0, false).is_ok());
+  REQUIRE(img->flush().is_ok());
+
+  // The file does not grow over the new cluster: the flush must refuse to
+  // point at it, and say why, naming the file.
+  lying->lie = true;
+  REQUIRE(img->write(b.data(), b.size(), 64 * kCs, false).is_ok());
+  const qed::Status s = img->flush();
+  CHECK_FALSE(s.is_ok());
+  CHECK(s.message().find(m.path) != std::string::npos);
+  CHECK(s.message().find("past its end") != std::string::npos);
+  CHECK(qt::check_structure(m.mem->contents()) == "");
+
+  // Nothing was written, nothing is lost: once the file can grow, a flush
+  // succeeds and the data is there after a reopen.
+  lying->lie = false;
+  REQUIRE(img->flush().is_ok());
+  REQUIRE(img->close().is_ok());
+  img.reset();
+  CHECK(qt::check_structure(m.mem->contents()) == "");
+  auto again = qt::open_on(m.path, std::make_unique<qt::SharedFile>(m.mem), qt::rw_options());
+  check_reads(*again, 0, a);
+  check_reads(*again, 64 * kCs, b);
 }
