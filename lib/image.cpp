@@ -268,9 +268,28 @@ Status Image::close() {
     QED_RETURN_IF_ERROR(error_context(file_->truncate(end)));
     QED_RETURN_IF_ERROR(error_context(file_->sync()));
   }
+  // A file short of what is in use was cut behind the engine's back (or a
+  // File said it grew and did not): the next open would drop the entries past
+  // its end, and their data. Grow it (what lay past the end reads as zeroes
+  // either way), and leave NEED_CHECK set for the next open's check.
+  const bool short_file = *size < end;
+  if (short_file) {
+    QED_RETURN_IF_ERROR(error_context(mark_needs_check_locked()));
+    QED_RETURN_IF_ERROR(error_context(file_->extend_to(end)));
+    QED_RETURN_IF_ERROR(error_context(file_->sync()));
+    auto grown = file_->size();
+    if (!grown)
+      return error_context(grown.status());
+    if (*grown < end)
+      return Status::io_error(path_ + ": the file ends at " + std::to_string(*grown) +
+                                  " bytes, short of the clusters in use (up to " +
+                                  std::to_string(end) +
+                                  " bytes), and could not be grown; NEED_CHECK stays set",
+                              EIO);
+  }
   // Clusters of failed allocations that something after them kept from going
   // back: only the check can give them back, so the next open should run it.
-  if (needs_check_on_disk_ && may_mark_clean_ && !meta_->has_interior_leaks())
+  if (!short_file && needs_check_on_disk_ && may_mark_clean_ && !meta_->has_interior_leaks())
     QED_RETURN_IF_ERROR(mark_clean_locked());
   closed_ = true;  // only now: a failed close can be retried
   return Status::ok();

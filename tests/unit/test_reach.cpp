@@ -1,13 +1,18 @@
 // The file reaches every table and cluster its entries name (issue 18,
 // defect 1): a failed allocation giving its space back while a flush extends
 // the file loses no flushed data; a flush never writes an entry past the end
-// of the file.
+// of the file; close() never marks clean a file shorter than what its entries
+// name.
 #include <doctest/doctest.h>
 
 #include <atomic>
+#include <cstring>
 #include <thread>
 
+#include "byte_order.h"
+#include "geometry.h"
 #include "posix_hooks.h"
+#include "table.h"
 #include "test_util.h"
 
 TEST_SUITE_BEGIN("reach");
@@ -48,6 +53,26 @@ public:
     return lie ? qed::Status::ok() : inner_->extend_to(size, preferred);
   }
 };
+
+qed::Header header_of(const std::vector<uint8_t> &bytes) {
+  qed::HeaderBytes hb;
+  REQUIRE(bytes.size() >= hb.size());
+  std::memcpy(hb.data(), bytes.data(), hb.size());
+  return qed::decode_header(hb);
+}
+
+// The file offset the L2 entry for `vpos` names in the file's bytes.
+uint64_t host_of(const std::vector<uint8_t> &bytes, uint64_t vpos) {
+  const qed::Header h = header_of(bytes);
+  const qed::Geometry g(h);
+  auto entry = [&](uint64_t at) {
+    REQUIRE(at + 8 <= bytes.size());
+    return qed::load_le64(bytes.data() + at);
+  };
+  const uint64_t table = entry(h.l1_table_offset + 8 * g.l1_index(vpos));
+  REQUIRE(table != 0);
+  return entry(table + 8 * g.l2_index(vpos));
+}
 
 void check_reads(qed::Image &img, uint64_t pos, const std::vector<uint8_t> &want) {
   std::vector<uint8_t> got(want.size());
@@ -152,4 +177,41 @@ TEST_CASE("a flush writes no entry that points past the end of the file") {
   auto again = qt::open_on(m.path, std::make_unique<qt::SharedFile>(m.mem), qt::rw_options());
   check_reads(*again, 0, a);
   check_reads(*again, 64 * kCs, b);
+}
+
+TEST_CASE("close never marks clean a file shorter than what its entries name") {
+  qt::TempDir dir;
+  qt::MemImage m = qt::MemImage::create(dir, "short.qed", kDisk, kCs, 1);
+  auto lying = std::make_shared<LyingExtend>(m.mem);
+  auto img = qt::open_on(m.path, std::make_unique<qt::SharedFile>(lying), qt::rw_options());
+  const auto a = pattern(kCs, 7), b = pattern(512, 8);
+  REQUIRE(img->write(a.data(), a.size(), 0, false).is_ok());
+  REQUIRE(img->write(b.data(), b.size(), kCs, false).is_ok());
+  REQUIRE(img->flush().is_ok());
+  // Something cuts the file inside the last cluster, behind the engine.
+  const uint64_t host = host_of(m.mem->contents(), kCs);
+  REQUIRE(m.mem->truncate(host + 512).is_ok());
+
+  bool can_grow = true;
+  SUBCASE("the file can grow") {}
+  SUBCASE("the file cannot grow") {
+    can_grow = false;
+    lying->lie = true;
+  }
+  const qed::Status closed = img->close();
+  img.reset();
+  const std::vector<uint8_t> bytes = m.mem->contents();
+  // Either way NEED_CHECK stays: something went wrong, the next open checks.
+  CHECK(header_of(bytes).needs_check());
+  if (can_grow) {
+    // Grown over the cluster: the entry keeps its 512 bytes.
+    CHECK(closed.is_ok());
+    CHECK(qt::check_structure(bytes) == "");
+    auto again = qt::open_on(m.path, std::make_unique<qt::SharedFile>(m.mem), qt::rw_options());
+    check_reads(*again, 0, a);
+    check_reads(*again, kCs, b);
+  } else {
+    CHECK_FALSE(closed.is_ok());
+    CHECK(closed.message().find(m.path) != std::string::npos);
+  }
 }
