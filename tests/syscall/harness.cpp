@@ -547,6 +547,8 @@ int main(int argc, char **argv) {
     return qsys::dump_mode(argv[2]);
   if (argc == 3 && std::string(argv[1]) == "preload-child")
     return qsys::preload_child(argv[2]);
+  if (argc == 3 && std::string(argv[1]) == "preload-schedule-child")
+    return qsys::preload_schedule_child(argv[2]);
   if (argc < 5) {
     std::fprintf(stderr,
                  "usage: %s crash|faults|extend|schedule|preload PLUGIN PRELOAD DIR "

@@ -233,6 +233,7 @@ std::vector<uint64_t> seeds_to_run() {
 int schedule_mode(const Tools &tools, const std::string &dir) {
   const std::vector<uint64_t> seeds = seeds_to_run();
   const uint64_t budget_s = env_u64("QED_SCHEDULE_SECONDS", 0);
+  const bool stop_at_first = env_u64("QED_SCHEDULE_STOP", 0) != 0;
   const uint64_t start = now_ns();
   uint64_t runs = 0, requests = 0, client_errors = 0, scans = 0;
   std::map<std::string, std::pair<uint64_t, uint64_t>> totals;
@@ -270,6 +271,8 @@ int schedule_mode(const Tools &tools, const std::string &dir) {
       run({"rm", "-rf", dir + "/seed-" + std::to_string(seed)});
     }
     std::fflush(stdout);
+    if (stop_at_first && !failed.empty())
+      break;
   }
   std::string failed_list;
   for (uint64_t s : failed)
