@@ -2,6 +2,8 @@
 
 #include <time.h>
 
+#include <cstdint>
+#include <string>
 #include <vector>
 
 #include "byte_order.h"

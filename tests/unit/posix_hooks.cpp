@@ -8,9 +8,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <fstream>
 #include <sstream>
+#include <string>
 
 namespace hooks {
 

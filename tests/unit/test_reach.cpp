@@ -6,13 +6,16 @@
 #include <doctest/doctest.h>
 
 #include <atomic>
+#include <cstdint>
 #include <cstring>
+#include <memory>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "byte_order.h"
 #include "geometry.h"
 #include "posix_hooks.h"
-#include "table.h"
 #include "test_util.h"
 
 TEST_SUITE_BEGIN("reach");
