@@ -98,6 +98,11 @@ Result<uint64_t> PosixFile::size() { return size_of(path_, fd_.get()); }
 
 Status PosixFile::truncate(uint64_t size) {
   std::unique_lock lock(size_mu_);
+  // Lowered before the cut, so that it never claims bytes being cut off, not
+  // even while the call runs (extend_to() reads it without the lock). If the
+  // call fails, it stays a lower bound.
+  if (size < known_size_.load())
+    known_size_.store(size);
   if (::ftruncate(fd_.get(), off_t(size)) < 0)
     return error("truncate", size, errno);
   known_size_.store(size);
