@@ -29,10 +29,9 @@
 // each, stopping early after QED_SCHEDULE_SECONDS (default 0: no limit) or,
 // with QED_SCHEDULE_STOP=1, after the first failing run. A failing run
 // prints the command line that reruns its seed (QED_SYSCALL_KEEP=1 keeps its
-// files). A seed fixes the
-// image, the workload, the failures and the jitter draws, not the threads'
-// interleaving: a rerun takes the same decisions and usually, not always,
-// fails the same way.
+// files). A seed fixes the image, the workload, the failures and the jitter
+// draws, not the threads' interleaving: a rerun takes the same decisions and
+// usually, not always, fails the same way.
 #pragma once
 
 #include <string>
