@@ -120,9 +120,9 @@ uint64_t reach_of(const Writeback &w, const Geometry &geo) {
   return end;
 }
 
-// kIOError unless the file reaches everything the entries of `w` name.
-Status check_reach(File &file, const Writeback &w, const Geometry &geo) {
-  const uint64_t needed = reach_of(w, geo);
+// kIOError unless the file reaches `needed` (what the entries to be written
+// name).
+Status check_reach(File &file, uint64_t needed) {
   auto size = file.size();
   if (!size)
     return size.status();
@@ -431,7 +431,8 @@ Status Image::flush_locked() {
   const uint64_t headroom = std::max<uint64_t>(cs, std::min<uint64_t>(16 * cs, 32 << 20));
   if (Status s = file_->extend_to(w.file_end, w.file_end + headroom); !s.is_ok())
     return error_context(s.with_context("writing back metadata"));
-  if (Status s = check_reach(*file_, w, geo_); !s.is_ok())
+  const uint64_t reach = reach_of(w, geo_);
+  if (Status s = check_reach(*file_, reach); !s.is_ok())
     return error_context(s.with_context("writing back metadata"));
   // 3. Data before the entries that point at it, where a crash could
   // otherwise show the wrong thing there.
@@ -449,6 +450,7 @@ Status Image::flush_locked() {
     return fail(s, "writing back metadata");
   scope.written();
   synced_ = written;
+  written_reach_ = std::max(written_reach_, reach);
   return Status::ok();
 }
 
