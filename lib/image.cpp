@@ -270,9 +270,31 @@ Status Image::close() {
     QED_RETURN_IF_ERROR(error_context(file_->truncate(end)));
     QED_RETURN_IF_ERROR(error_context(file_->sync()));
   }
+  // A file short of what the entries written since open name was cut behind
+  // the engine's back (or a File said it grew and did not): the next open
+  // would drop those entries, and their data. Grow it (what lay past the end
+  // reads as zeroes either way), and leave NEED_CHECK set for the next open's
+  // check. (Shorter than the clusters reserved is fine: a file that did not
+  // end on a cluster boundary at open, an allocation that never wrote.)
+  const bool short_file = *size < written_reach_;
+  if (short_file) {
+    QED_RETURN_IF_ERROR(error_context(mark_needs_check_locked()));
+    QED_RETURN_IF_ERROR(error_context(file_->extend_to(written_reach_)));
+    QED_RETURN_IF_ERROR(error_context(file_->sync()));
+    auto grown = file_->size();
+    if (!grown)
+      return error_context(grown.status());
+    if (*grown < written_reach_)
+      return Status::io_error(path_ + ": the file ends at " + std::to_string(*grown) +
+                                  " bytes, short of the tables and clusters its entries name "
+                                  "(up to " +
+                                  std::to_string(written_reach_) +
+                                  " bytes), and could not be grown; NEED_CHECK stays set",
+                              EIO);
+  }
   // Clusters of failed allocations that something after them kept from going
   // back: only the check can give them back, so the next open should run it.
-  if (needs_check_on_disk_ && may_mark_clean_ && !meta_->has_interior_leaks())
+  if (!short_file && needs_check_on_disk_ && may_mark_clean_ && !meta_->has_interior_leaks())
     QED_RETURN_IF_ERROR(mark_clean_locked());
   closed_ = true;  // only now: a failed close can be retried
   return Status::ok();

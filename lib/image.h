@@ -161,6 +161,9 @@ private:
   bool may_mark_clean_ = true;        // guarded by flush_mu_
   bool closed_ = false;               // guarded by flush_mu_
   uint64_t synced_ = 0;               // guarded by flush_mu_: written_ at the last sync
+  // Guarded by flush_mu_: the end of the furthest table or cluster named by an
+  // entry a flush of this open wrote; close() must leave the file that long.
+  uint64_t written_reach_ = 0;
 
   // File changes by writes, zeroes and trims, counted when they complete.
   std::atomic<uint64_t> written_{0};

@@ -36,7 +36,12 @@
 //      file that costs a sync of its own; with one, step 3's covers it.
 //   2. Make the file reach every reserved cluster. Usually the data writes
 //      already did, and nothing is called; otherwise it grows with headroom,
-//      so that the next flushes find it long enough.
+//      so that the next flushes find it long enough. Then make sure the file
+//      reaches every table and cluster the entries about to be written name
+//      (one fstat): an entry past the end would be dropped by the next open
+//      as the trace of an interrupted write, with the data this flush
+//      acknowledges (issue 18: a cut that raced an extension once made the
+//      extension believe the file was long enough).
 //   3. With a backing file (or after space was given back): sync.
 //   4. Write the dirty L2 sectors and L1 sectors; sync.
 // A flush with nothing written since the last sync does nothing. Steady
@@ -58,6 +63,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "byte_order.h"
 #include "image.h"
 
 namespace qed {
@@ -88,6 +94,46 @@ private:
   Writeback &w_;
   bool written_ = false;
 };
+
+// The end of the furthest table or cluster that the entries of `w` name:
+// the file must reach it before they are written.
+uint64_t reach_of(const Writeback &w, const Geometry &geo) {
+  auto reach = [](uint64_t offset, uint64_t bytes) {
+    return offset > UINT64_MAX - bytes ? UINT64_MAX : offset + bytes;
+  };
+  uint64_t end = 0;
+  for (const Writeback::Piece &p : w.tables) {
+    end = std::max(end, reach(p.table->offset, geo.table_bytes()));
+    for (size_t i = 0; i + 8 <= p.bytes.size(); i += 8) {
+      const uint64_t e = load_le64(p.bytes.data() + i);
+      if (e > kEntryZero)
+        end = std::max(end, reach(e, geo.cluster_size()));
+    }
+  }
+  for (const Writeback::Piece &p : w.l1) {
+    for (size_t i = 0; i + 8 <= p.bytes.size(); i += 8) {
+      const uint64_t e = load_le64(p.bytes.data() + i);
+      if (e != 0)
+        end = std::max(end, reach(e, geo.table_bytes()));
+    }
+  }
+  return end;
+}
+
+// kIOError unless the file reaches `needed` (what the entries to be written
+// name).
+Status check_reach(File &file, uint64_t needed) {
+  auto size = file.size();
+  if (!size)
+    return size.status();
+  if (*size >= needed)
+    return Status::ok();
+  return Status::io_error(file.name() + ": the file ends at " + std::to_string(*size) +
+                              " bytes, short of the tables and clusters its entries name (up to " +
+                              std::to_string(needed) +
+                              " bytes); not writing entries that would point past its end",
+                          EIO);
+}
 
 }  // namespace
 
@@ -385,6 +431,9 @@ Status Image::flush_locked() {
   const uint64_t headroom = std::max<uint64_t>(cs, std::min<uint64_t>(16 * cs, 32 << 20));
   if (Status s = file_->extend_to(w.file_end, w.file_end + headroom); !s.is_ok())
     return error_context(s.with_context("writing back metadata"));
+  const uint64_t reach = reach_of(w, geo_);
+  if (Status s = check_reach(*file_, reach); !s.is_ok())
+    return error_context(s.with_context("writing back metadata"));
   // 3. Data before the entries that point at it, where a crash could
   // otherwise show the wrong thing there.
   Status s;
@@ -401,6 +450,7 @@ Status Image::flush_locked() {
     return fail(s, "writing back metadata");
   scope.written();
   synced_ = written;
+  written_reach_ = std::max(written_reach_, reach);
   return Status::ok();
 }
 

@@ -98,6 +98,11 @@ Result<uint64_t> PosixFile::size() { return size_of(path_, fd_.get()); }
 
 Status PosixFile::truncate(uint64_t size) {
   std::unique_lock lock(size_mu_);
+  // Lowered before the cut, so that it never claims bytes being cut off, not
+  // even while the call runs (extend_to() reads it without the lock). If the
+  // call fails, it stays a lower bound.
+  if (size < known_size_.load())
+    known_size_.store(size);
   if (::ftruncate(fd_.get(), off_t(size)) < 0)
     return error("truncate", size, errno);
   known_size_.store(size);
@@ -109,8 +114,11 @@ Status PosixFile::extend_to(uint64_t size, uint64_t preferred) {
     return Status::ok();  // a completed write or extension already got there
   const uint64_t target = std::max(size, preferred);
   // fallocate() of the last byte grows the file and never changes data, so it
-  // is safe while other threads write near the end.
+  // is safe while other threads write near the end. The shared lock keeps
+  // truncate() out from the call to the raise: a cut in between would leave
+  // known_size_ claiming bytes the file no longer has.
   if (!no_fallocate_.load()) {
+    std::shared_lock lock(size_mu_);
     if (::fallocate(fd_.get(), 0, off_t(target - 1), 1) == 0) {
       raise_known_size(target);
       return Status::ok();

@@ -43,13 +43,18 @@ private:
 // descriptor (no file offset is used). The only hazard is the size: growing
 // the file with ftruncate (where fallocate is not supported: ext2/ext3, NFSv3,
 // some FUSE and 9p file systems) would cut off a write past the old end that
-// landed between its fstat and its ftruncate. So:
-//   - known_size_ is a lower bound of the file size: the end of a completed
-//     write or extension (set exactly by truncate()). A write that ends within
-//     it cannot change the size and takes no lock.
-//   - size_mu_ is held shared by every write that may grow the file, and
-//     exclusively by the ftruncate that grows it and by truncate(): the size
-//     never changes under a growing write except by that write itself.
+// landed between its fstat and its ftruncate, and a truncate() between an
+// extension and the raise of known_size_ that follows it would leave
+// known_size_ above the real size (extend_to would then skip a growth the
+// engine relies on: issue 18). So:
+//   - known_size_ is a lower bound of the file size, at every moment: the end
+//     of a completed write or extension (set exactly by truncate()). A write
+//     that ends within it cannot change the size and takes no lock.
+//   - size_mu_ is held shared by every write that may grow the file and by a
+//     fallocate extension together with its raise of known_size_ (neither can
+//     shrink the file), and exclusively by the ftruncate that grows it and by
+//     truncate(): the size never changes under a growing write except by
+//     that write itself, and never shrinks between a growth and its raise.
 class PosixFile final : public File {
 public:
   PosixFile(std::string path, UniqueFd fd, uint64_t size_at_open, FileLock lock = {})

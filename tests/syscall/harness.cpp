@@ -3,6 +3,7 @@
 //   syscall-harness crash   PLUGIN PRELOAD DIR [ASAN_RUNTIME]
 //   syscall-harness faults  PLUGIN PRELOAD DIR [ASAN_RUNTIME]
 //   syscall-harness extend  PLUGIN PRELOAD DIR [ASAN_RUNTIME]
+//   syscall-harness schedule PLUGIN PRELOAD DIR [ASAN_RUNTIME]  (see schedule.h)
 //   syscall-harness preload PLUGIN PRELOAD DIR [ASAN_RUNTIME]  (tests the library)
 //   syscall-harness dump    LOG      (prints a log of the preload library)
 //
@@ -83,6 +84,10 @@
 // to widen the window between fstat and ftruncate, and the log shows any
 // ftruncate that cut off bytes an earlier write had stored.
 //
+// schedule: seeded random delays around the image's system calls while
+// allocating writes fail and other connections write and flush; a clean
+// restart must read back every flushed byte (schedule.h).
+//
 // preload: a test of the preload library itself (preload_selftest.h).
 //
 // Environment: QED_SYSCALL_STATES (crash states over all scenarios; default
@@ -104,6 +109,7 @@
 
 #include "preload_selftest.h"
 #include "recording.h"
+#include "schedule.h"
 #include "state_check.h"
 
 namespace qsys {
@@ -541,9 +547,12 @@ int main(int argc, char **argv) {
     return qsys::dump_mode(argv[2]);
   if (argc == 3 && std::string(argv[1]) == "preload-child")
     return qsys::preload_child(argv[2]);
+  if (argc == 3 && std::string(argv[1]) == "preload-schedule-child")
+    return qsys::preload_schedule_child(argv[2]);
   if (argc < 5) {
     std::fprintf(stderr,
-                 "usage: %s crash|faults|extend|preload PLUGIN PRELOAD DIR [ASAN_RUNTIME]\n"
+                 "usage: %s crash|faults|extend|schedule|preload PLUGIN PRELOAD DIR "
+                 "[ASAN_RUNTIME]\n"
                  "       %s dump LOG\n",
                  argv[0], argv[0]);
     return 2;
@@ -557,6 +566,8 @@ int main(int argc, char **argv) {
     return qsys::fault_mode(tools, dir);
   if (mode == "extend")
     return qsys::extend_mode(tools, dir);
+  if (mode == "schedule")
+    return qsys::schedule_mode(tools, dir);
   if (mode == "preload")
     return qsys::preload_selftest(tools, "/proc/self/exe", dir);
   std::fprintf(stderr, "%s: unknown mode %s\n", argv[0], mode.c_str());

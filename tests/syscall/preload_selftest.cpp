@@ -64,6 +64,78 @@ int preload_child(const std::string &dir) {
   return bad ? 1 : 0;
 }
 
+// Without a log: data writes (no zero byte in their first 8) and reads of the
+// backing file fail where QED_SYSCALL_FAIL says, every call jittered.
+const char *const kScheduleFail = "data:2:ENOSPC,read:2:EIO";
+const char *const kScheduleJitter = "write:100:300,sync:100:300,read:100:300,fallocate:50:100";
+
+int preload_schedule_child(const std::string &dir) {
+  const std::string f = dir + "/scheduled", b = dir + "/backing";
+  int bad = 0;
+  int fd = open(f.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  bad += expect(fd >= 0, "open");
+  const char meta[8] = {'Q', 'E', 'D', 0, 1, 2, 3, 4};
+  bad += expect(pwrite(fd, meta, 8, 0) == 8, "a metadata-like write");          // write 1
+  bad += expect(pwrite(fd, "xxxxxxxxxx", 10, 8) == 10, "data write 1");          // write 2
+  bad += expect(pwrite(fd, "yyyyyyyy", 8, 18) == -1 && errno == ENOSPC,
+                "injected ENOSPC on data write 2");                              // write 3
+  bad += expect(pwrite(fd, "zz", 2, 18) == 2, "data write 3");                   // write 4
+  bad += expect(fdatasync(fd) == 0 && close(fd) == 0, "fdatasync, close");
+  int bfd = open(b.c_str(), O_RDONLY | O_CLOEXEC);
+  char buf[4];
+  bad += expect(bfd >= 0, "open the backing file");
+  bad += expect(pread(bfd, buf, 4, 0) == 4, "backing read 1");
+  bad += expect(pread(bfd, buf, 4, 0) == -1 && errno == EIO, "injected EIO on backing read 2");
+  bad += expect(pread(bfd, buf, 4, 4) == 4 && std::memcmp(buf, "4567", 4) == 0,
+                "backing read 3");
+  bad += expect(close(bfd) == 0, "close the backing file");
+  return bad ? 1 : 0;
+}
+
+namespace {
+
+int schedule_selftest(const Tools &tools, const std::string &self, const std::string &dir) {
+  const std::string f = dir + "/scheduled", b = dir + "/backing", counts = dir + "/counts";
+  int failures = 0;
+  auto check = [&](bool ok, const std::string &what) {
+    if (!ok) {
+      std::printf("FAIL preload self-test (schedule): %s\n", what.c_str());
+      failures++;
+    }
+  };
+  check(write_file(b, {'0', '1', '2', '3', '4', '5', '6', '7'}), "cannot write " + b);
+  unlink(counts.c_str());
+  const std::vector<std::pair<std::string, std::string>> env = {
+      {"QED_SYSCALL_PATH", f},           {"QED_SYSCALL_BACKING", b},
+      {"QED_SYSCALL_FAIL", kScheduleFail}, {"QED_SYSCALL_JITTER", kScheduleJitter},
+      {"QED_SYSCALL_JITTER_SEED", "5"},  {"QED_SYSCALL_COUNTS", counts}};
+  std::string out;
+  int rc = run_preloaded(tools, {self, "preload-schedule-child", dir}, env, &out);
+  check(rc == 0, "the child's calls did not behave (exit " + std::to_string(rc) + "): " + out);
+  std::vector<uint8_t> file, text;
+  check(read_file(f, file) && file.size() == 20 &&
+            std::memcmp(file.data() + 8, "xxxxxxxxxxzz", 12) == 0,
+        "the file does not hold the writes that were made");
+  check(read_file(counts, text), "no counts at exit in " + counts);
+  const std::string got(text.begin(), text.end());
+  const std::string want = "write 4 0\nfallocate 0 0\nftruncate 0 0\nsync 1 0\ndata 3 1\n"
+                           "read 3 1\n";
+  check(got == want, "the counts are\n" + got + "expected\n" + want);
+  // A malformed setting stops the program rather than testing nothing.
+  for (const auto &[key, value] : std::vector<std::pair<std::string, std::string>>{
+           {"QED_SYSCALL_JITTER", "write:101:10"},
+           {"QED_SYSCALL_JITTER", "data:10:10"},
+           {"QED_SYSCALL_FAIL", "read:x:EIO"}}) {
+    rc = run_preloaded(tools, {self, "preload-schedule-child", dir},
+                       {{"QED_SYSCALL_PATH", f}, {key, value}}, &out);
+    check(rc != 0 && out.find("qed_syscalls: " + key) != std::string::npos,
+          key + "=" + value + " was accepted (exit " + std::to_string(rc) + "): " + out);
+  }
+  return failures;
+}
+
+}  // namespace
+
 int preload_selftest(const Tools &tools, const std::string &self, const std::string &dir) {
   const std::string f = dir + "/watched", log = dir + "/selftest.log";
   unlink(log.c_str());
@@ -128,6 +200,7 @@ int preload_selftest(const Tools &tools, const std::string &self, const std::str
   const CallCounts c = count_calls(ops);
   check(c.write == 5 && c.sync == 2 && c.fallocate == 2 && c.ftruncate == 1 && c.injected == 3,
         "call counts");
+  failures += schedule_selftest(tools, self, dir);
   std::printf("syscall preload: %zu records checked, %llu injected failures, %d failures\n",
               ops.size(), (unsigned long long)c.injected, failures);
   return failures ? 1 : 0;

@@ -6,7 +6,9 @@
  *     (format: syscall_record.h);
  *   - makes chosen calls fail (EIO, ENOSPC, EOPNOTSUPP, ...) without making
  *     them, as a full disk or a failing device would;
- *   - can delay chosen calls, to widen race windows in the caller.
+ *   - can delay chosen calls, to widen race windows in the caller, by a fixed
+ *     time or by seeded random times before and after each call (a schedule);
+ *   - makes reads of a second file (the backing file) fail, if asked.
  * Every other file descriptor passes straight through.
  *
  * Environment (read once, at load time):
@@ -14,10 +16,14 @@
  *                      by device and inode when they are opened)
  *   QED_SYSCALL_LOG    where to append records; unset: record nothing
  *   QED_SYSCALL_DATA   0: records carry no data bytes (smaller logs)
+ *   QED_SYSCALL_BACKING  a second file (the backing file) whose reads (pread,
+ *                      pread64) may fail and be delayed; nothing of it is
+ *                      logged
  *   QED_SYSCALL_FAIL   comma-separated KIND:WHEN:ERRNO, where KIND is write,
- *                      fallocate, ftruncate, sync or lock (fcntl's record
- *                      locks, OFD or not: as on a file system without
- *                      them; never recorded), and WHEN is
+ *                      fallocate, ftruncate, sync, data (a write that is not
+ *                      metadata: see is_data_write), read (of the backing
+ *                      file) or lock (fcntl's record locks, OFD or not: as on
+ *                      a file system without them; never recorded), and WHEN is
  *                        N      the Nth call of that kind (1-based) fails
  *                        N+     the Nth call and every later one fail
  *                        %N@S   each call fails with probability 1/N, drawn
@@ -27,6 +33,23 @@
  *                      number.
  *   QED_SYSCALL_DELAY  comma-separated KIND:MICROSECONDS: sleep before each
  *                      such call (before taking the lock).
+ *   QED_SYSCALL_COUNTS at exit, write there one line per KIND: "KIND CALLS
+ *                      INJECTED" (calls counted as for QED_SYSCALL_FAIL, and
+ *                      the failures injected into them)
+ *   QED_SYSCALL_JITTER comma-separated KIND:PERCENT:MAX_MICROSECONDS: before
+ *                      each such call, and again after it returned (after
+ *                      the lock is released, so the caller's next steps are
+ *                      late), sleep with probability PERCENT/100 for 1 to
+ *                      MAX microseconds, drawn from one generator seeded
+ *                      with QED_SYSCALL_JITTER_SEED (default 1). KIND as for
+ *                      QED_SYSCALL_DELAY: write, fallocate, ftruncate, sync,
+ *                      read.
+ *
+ * A seed fixes the sequence of draws, not the schedule: which call gets which
+ * draw depends on the order the threads reach the generator. A run is
+ * repeated by giving the same settings again; it takes the same decisions
+ * in the same call order, which is likely, not certain, to give the same
+ * interleaving.
  *
  * Ordering. One mutex is held across the real call and the appending of its
  * record, so the log order is the order in which the calls took effect, and a
@@ -37,11 +60,15 @@
  * the call returns, without a lock, would not do: two overlapping writes
  * could be logged in the opposite order of their effect, and a write that
  * raced a sync could be logged before it without being covered by it.
+ * Without a log (QED_SYSCALL_LOG unset) the lock is held only to count the
+ * call and decide its failure, and the real calls overlap as they would
+ * without the library: schedules are then the program's own.
  *
  * Tracked fds come from open/open64/openat/openat64/creat (and their
  * _FORTIFY_SOURCE variants), dup/dup2/dup3/fcntl(F_DUPFD*), and leave through
  * close/close_range/dup2 onto them. Not intercepted (the engine uses none of
- * them on the image): mmap, copy_file_range, sendfile, truncate(path), stdio.
+ * them on the image): mmap, copy_file_range, sendfile, truncate(path), stdio;
+ * on the backing file, reads other than pread and pread64.
  */
 /* We define both foo and foo64; with 64-bit file offsets the headers would
  * rename foo to foo64 and the two definitions would collide. */
@@ -68,9 +95,18 @@
 
 /* ---- configuration ---------------------------------------------------- */
 
-enum fault_kind { K_WRITE, K_FALLOCATE, K_FTRUNCATE, K_SYNC, K_LOCK, K_COUNT };
+enum fault_kind {
+  K_WRITE,
+  K_FALLOCATE,
+  K_FTRUNCATE,
+  K_SYNC,
+  K_DATA,
+  K_READ,
+  K_LOCK,
+  K_COUNT
+};
 static const char *const kind_names[K_COUNT] = {"write", "fallocate", "ftruncate", "sync",
-                                                "lock"};
+                                                "data",  "read",      "lock"};
 
 enum { WHEN_NTH, WHEN_FROM, WHEN_RANDOM };
 
@@ -86,18 +122,30 @@ struct fault_spec {
 static struct fault_spec specs[MAX_SPECS];
 static int nspecs;
 static unsigned delay_us[K_COUNT];
+struct jitter_spec {
+  unsigned percent;
+  unsigned max_us;
+};
+static struct jitter_spec jitters[K_COUNT];
 static char *watch_path;
+static char *backing_path;
 static int log_fd = -1;
 static int log_data = 1;
 
-/* Guarded by mu: the log, the call counters, the generators, and every
- * tracked-fd transition. `tracked` is also read without it (atomically) so
- * that untracked fds never touch the lock. */
+/* Guarded by mu: the log, the call counters, the failure generators, and
+ * every tracked-fd transition. `tracked` is also read without it (atomically)
+ * so that untracked fds never touch the lock. */
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static uint64_t seq;
 static uint64_t calls[K_COUNT];
+static uint64_t injected_calls[K_COUNT];
+static char *counts_path;
 #define MAX_FD 65536
+enum { UNTRACKED = 0, TRACKED_IMAGE = 1, TRACKED_BACKING = 2 };
 static _Atomic unsigned char tracked[MAX_FD];
+/* Guarded by jitter_mu (taken alone, never with mu): the jitter generator. */
+static pthread_mutex_t jitter_mu = PTHREAD_MUTEX_INITIALIZER;
+static uint64_t jitter_rng = 1;
 
 /* ---- the real functions ----------------------------------------------- */
 
@@ -145,6 +193,7 @@ typedef int (*posix_fallocate_t)(int, off_t, off_t);
 typedef int (*ftruncate_t)(int, off_t);
 typedef int (*fsync_t)(int);
 typedef int (*sync_file_range_t)(int, off_t, off_t, unsigned);
+typedef ssize_t (*pread_t)(int, void *, size_t, off_t);
 
 REAL(open, open_t)
 REAL(open64, open_t)
@@ -181,6 +230,8 @@ REAL(fsync, fsync_t)
 REAL(fdatasync, fsync_t)
 REAL(syncfs, fsync_t)
 REAL(sync_file_range, sync_file_range_t)
+REAL(pread, pread_t)
+REAL(pread64, pread_t)
 
 /* ---- set-up ------------------------------------------------------------ */
 
@@ -251,9 +302,24 @@ static void parse_delay(char *item) {
   int k = c ? parse_kind(item, (size_t)(c - item)) : -1;
   char *end;
   unsigned long us = c ? strtoul(c + 1, &end, 10) : 0;
-  if (k < 0 || !c || *end)
+  if (k < 0 || k == K_DATA || k == K_LOCK || !c || *end)
     die("QED_SYSCALL_DELAY: expected KIND:MICROSECONDS", item);
   delay_us[k] = (unsigned)us;
+}
+
+/* KIND:PERCENT:MAX_MICROSECONDS */
+static void parse_jitter(char *item) {
+  char *c1 = strchr(item, ':');
+  char *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
+  int k = c1 ? parse_kind(item, (size_t)(c1 - item)) : -1;
+  char *end1 = NULL, *end2 = NULL;
+  unsigned long pct = c2 ? strtoul(c1 + 1, &end1, 10) : 0;
+  unsigned long us = c2 ? strtoul(c2 + 1, &end2, 10) : 0;
+  if (k < 0 || k == K_DATA || k == K_LOCK || !c2 || end1 != c2 || *end2 || pct > 100 ||
+      us == 0 || us > 1000000)
+    die("QED_SYSCALL_JITTER: expected KIND:PERCENT:MAX_MICROSECONDS", item);
+  jitters[k].percent = (unsigned)pct;
+  jitters[k].max_us = (unsigned)us;
 }
 
 /* A static copy, not strdup + free: under the ASan preload, freeing in this
@@ -280,6 +346,16 @@ __attribute__((constructor)) static void init(void) {
   log_data = !(d && strcmp(d, "0") == 0);
   parse_list("QED_SYSCALL_FAIL", parse_fault);
   parse_list("QED_SYSCALL_DELAY", parse_delay);
+  parse_list("QED_SYSCALL_JITTER", parse_jitter);
+  const char *js = getenv("QED_SYSCALL_JITTER_SEED");
+  if (js && *js)
+    jitter_rng = strtoull(js, NULL, 10);
+  const char *cp = getenv("QED_SYSCALL_COUNTS");
+  if (cp && *cp)
+    counts_path = strdup(cp);
+  const char *b = getenv("QED_SYSCALL_BACKING");
+  if (b && *b)
+    backing_path = strdup(b);
   const char *l = getenv("QED_SYSCALL_LOG");
   if (l && *l) {
     log_fd = real_open()(l, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
@@ -296,14 +372,19 @@ static uint64_t now_ns(void) {
   return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-static int is_tracked(int fd) {
-  return fd >= 0 && fd < MAX_FD && atomic_load_explicit(&tracked[fd], memory_order_acquire);
+/* UNTRACKED, TRACKED_IMAGE or TRACKED_BACKING. */
+static int tracked_as(int fd) {
+  return fd >= 0 && fd < MAX_FD ? atomic_load_explicit(&tracked[fd], memory_order_acquire)
+                                : UNTRACKED;
 }
 
-static void set_tracked(int fd, int on) {
+/* The image: its changes are logged, failed and delayed. */
+static int is_tracked(int fd) { return tracked_as(fd) == TRACKED_IMAGE; }
+
+static void set_tracked(int fd, int as) {
   if (fd >= 0 && fd < MAX_FD)
-    atomic_store_explicit(&tracked[fd], (unsigned char)on, memory_order_release);
-  else if (on)
+    atomic_store_explicit(&tracked[fd], (unsigned char)as, memory_order_release);
+  else if (as)
     fprintf(stderr, "qed_syscalls: fd %d is beyond %d: not tracked\n", fd, MAX_FD);
 }
 
@@ -361,32 +442,73 @@ static int injection(int kind) {
     if (hit && !err)
       err = f->err;
   }
+  if (err)
+    injected_calls[kind]++;
   return err;
 }
 
-static void delay(int kind) {
-  if (delay_us[kind]) {
-    struct timespec ts = {(time_t)(delay_us[kind] / 1000000), (long)(delay_us[kind] % 1000000) * 1000};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
+static void sleep_us(unsigned us) {
+  struct timespec ts = {(time_t)(us / 1000000), (long)(us % 1000000) * 1000};
+  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
   }
 }
 
-/* Whether a freshly opened fd is the watched file. */
-static int is_watched(int fd) {
-  if (!watch_path || fd < 0)
+/* The jitter of one side (before or after) of a call of `kind`. Never called
+ * with mu held: a sleeping thread must not hold up the others' calls. */
+static void jitter(int kind) {
+  const struct jitter_spec *j = &jitters[kind];
+  if (!j->percent)
+    return;
+  pthread_mutex_lock(&jitter_mu);
+  const uint64_t draw = splitmix(&jitter_rng);
+  pthread_mutex_unlock(&jitter_mu);
+  if (draw % 100 < j->percent)
+    sleep_us(1 + (unsigned)((draw >> 32) % j->max_us));
+}
+
+/* Before a call of `kind`: the fixed delay, then the jitter. */
+static void delay(int kind) {
+  if (delay_us[kind])
+    sleep_us(delay_us[kind]);
+  jitter(kind);
+}
+
+/* Whether a freshly opened fd is the file at `path`. */
+static int same_file(int fd, const char *path) {
+  if (!path || fd < 0)
     return 0;
   struct stat a, b;
-  return fstat(fd, &a) == 0 && stat(watch_path, &b) == 0 && a.st_dev == b.st_dev &&
+  return fstat(fd, &a) == 0 && stat(path, &b) == 0 && a.st_dev == b.st_dev &&
          a.st_ino == b.st_ino;
 }
 
+static int is_watched(int fd) { return same_file(fd, watch_path); }
+
+/* A data write, as opposed to one of the engine's metadata writes: its first
+ * 8 bytes (all of them, if fewer) hold no zero byte. Every metadata write
+ * starts with one: the header with "QED\0", an L1 or L2 sector with an entry,
+ * a little-endian offset below 2^56. Data whose first bytes are zero are not
+ * data writes to this test; the harness writes no zero bytes. */
+static int is_data_write(const struct iovec *iov, int iovcnt) {
+  size_t seen = 0;
+  for (int i = 0; i < iovcnt && seen < 8; i++) {
+    const unsigned char *p = iov[i].iov_base;
+    for (size_t j = 0; j < iov[i].iov_len && seen < 8; j++, seen++)
+      if (p[j] == 0)
+        return 0;
+  }
+  return seen > 0;
+}
+
 /* After a successful open under mu: track the fd, record it (and O_TRUNC as
- * a truncation to 0). */
+ * a truncation to 0). The backing file is tracked, never recorded. */
 static void opened(int fd, int flags) {
-  if (!is_watched(fd))
+  if (!is_watched(fd)) {
+    if (same_file(fd, backing_path))
+      set_tracked(fd, TRACKED_BACKING);
     return;
-  set_tracked(fd, 1);
+  }
+  set_tracked(fd, TRACKED_IMAGE);
   const uint64_t t = now_ns();
   struct qsys_record r = {0};
   r.kind = QSYS_OPEN;
@@ -404,7 +526,10 @@ static void opened(int fd, int flags) {
 }
 
 static void closed(int fd) {
-  set_tracked(fd, 0);
+  const int was = tracked_as(fd);
+  set_tracked(fd, UNTRACKED);
+  if (was != TRACKED_IMAGE)
+    return;
   struct qsys_record r = {0};
   r.kind = QSYS_CLOSE;
   r.call = QSYS_CALL_CLOSE;
@@ -499,7 +624,7 @@ CREAT_WRAPPER(creat)
 CREAT_WRAPPER(creat64)
 
 EXPORT int close(int fd) {
-  if (!is_tracked(fd))
+  if (!tracked_as(fd))
     return real_close()(fd);
   pthread_mutex_lock(&mu);
   int r = real_close()(fd);
@@ -516,7 +641,7 @@ EXPORT int close_range(unsigned first, unsigned last, int flags) {
   int e = errno;
   if (r == 0 && !(flags & CLOSE_RANGE_CLOEXEC))
     for (unsigned fd = first; fd <= last && fd < MAX_FD; fd++)
-      if (is_tracked((int)fd))
+      if (tracked_as((int)fd))
         closed((int)fd);
   pthread_mutex_unlock(&mu);
   errno = e;
@@ -527,10 +652,12 @@ EXPORT int close_range(unsigned first, unsigned last, int flags) {
 static void duplicated(int oldfd, int newfd) {
   if (newfd < 0 || newfd == oldfd)
     return;
-  if (is_tracked(newfd))
+  if (tracked_as(newfd))
     closed(newfd);  /* dup2/dup3 closed it */
+  if (tracked_as(oldfd) == TRACKED_BACKING)
+    set_tracked(newfd, TRACKED_BACKING);
   if (is_tracked(oldfd)) {
-    set_tracked(newfd, 1);
+    set_tracked(newfd, TRACKED_IMAGE);
     struct qsys_record r = {0};
     r.kind = QSYS_OPEN;
     r.call = QSYS_CALL_DUP;
@@ -541,7 +668,7 @@ static void duplicated(int oldfd, int newfd) {
 }
 
 EXPORT int dup(int oldfd) {
-  if (!is_tracked(oldfd))
+  if (!tracked_as(oldfd))
     return real_dup()(oldfd);
   pthread_mutex_lock(&mu);
   int r = real_dup()(oldfd);
@@ -553,7 +680,7 @@ EXPORT int dup(int oldfd) {
 }
 
 EXPORT int dup2(int oldfd, int newfd) {
-  if (!is_tracked(oldfd) && !is_tracked(newfd))
+  if (!tracked_as(oldfd) && !tracked_as(newfd))
     return real_dup2()(oldfd, newfd);
   pthread_mutex_lock(&mu);
   int r = real_dup2()(oldfd, newfd);
@@ -565,7 +692,7 @@ EXPORT int dup2(int oldfd, int newfd) {
 }
 
 EXPORT int dup3(int oldfd, int newfd, int flags) {
-  if (!is_tracked(oldfd) && !is_tracked(newfd))
+  if (!tracked_as(oldfd) && !tracked_as(newfd))
     return real_dup3()(oldfd, newfd, flags);
   pthread_mutex_lock(&mu);
   int r = real_dup3()(oldfd, newfd, flags);
@@ -594,7 +721,7 @@ static int fcntl_common(fcntl_t real, int fd, int cmd, void *arg) {
     }
     return real(fd, cmd, arg);
   }
-  if (!is_tracked(fd) || (cmd != F_DUPFD && cmd != F_DUPFD_CLOEXEC))
+  if (!tracked_as(fd) || (cmd != F_DUPFD && cmd != F_DUPFD_CLOEXEC))
     return real(fd, cmd, arg);
   pthread_mutex_lock(&mu);
   int r = real(fd, cmd, arg);
@@ -655,6 +782,8 @@ struct write_call {
 static ssize_t tracked_write(const struct write_call *c) {
   delay(K_WRITE);
   pthread_mutex_lock(&mu);
+  /* With a log, calls are serialised (see Ordering above). */
+  const int serialised = log_fd >= 0;
   struct qsys_record r = {0};
   r.kind = QSYS_WRITE;
   r.call = (uint16_t)c->call;
@@ -663,6 +792,13 @@ static ssize_t tracked_write(const struct write_call *c) {
   off_t off = c->offset >= 0 ? c->offset : current_position(c->fd);
   r.offset = off < 0 ? 0 : (uint64_t)off;
   int err = injection(K_WRITE);
+  if (is_data_write(c->iov, c->iovcnt)) {
+    const int data_err = injection(K_DATA);
+    if (!err)
+      err = data_err;
+  }
+  if (!serialised)
+    pthread_mutex_unlock(&mu);
   ssize_t n;
   if (err) {
     r.injected = 1;
@@ -671,11 +807,14 @@ static ssize_t tracked_write(const struct write_call *c) {
     n = c->run(c);
     err = n < 0 ? errno : 0;
   }
-  r.t_end = now_ns();
-  r.err = err;
-  r.length = n > 0 ? (uint64_t)n : 0;
-  append(&r, c->iov, c->iovcnt, r.length);
-  pthread_mutex_unlock(&mu);
+  if (serialised) {
+    r.t_end = now_ns();
+    r.err = err;
+    r.length = n > 0 ? (uint64_t)n : 0;
+    append(&r, c->iov, c->iovcnt, r.length);
+    pthread_mutex_unlock(&mu);
+  }
+  jitter(K_WRITE);
   errno = err;
   return n;
 }
@@ -794,9 +933,12 @@ struct space_call {
 static int tracked_space(struct space_call *c) {
   delay(c->kind);
   pthread_mutex_lock(&mu);
+  const int serialised = log_fd >= 0;
   struct qsys_record *r = &c->r;
   r->t_start = now_ns();
   int err = injection(c->kind);
+  if (!serialised)
+    pthread_mutex_unlock(&mu);
   int ret;
   if (err) {
     r->injected = 1;
@@ -810,10 +952,13 @@ static int tracked_space(struct space_call *c) {
       ret = c->ftruncate(r->fd, (off_t)r->offset);
     err = c->posix ? ret : (ret < 0 ? errno : 0);
   }
-  r->t_end = now_ns();
-  r->err = err;
-  append(r, NULL, 0, 0);
-  pthread_mutex_unlock(&mu);
+  if (serialised) {
+    r->t_end = now_ns();
+    r->err = err;
+    append(r, NULL, 0, 0);
+    pthread_mutex_unlock(&mu);
+  }
+  jitter(c->kind);
   if (!c->posix)
     errno = err;
   return ret;
@@ -875,12 +1020,15 @@ FTRUNCATE_WRAPPER(ftruncate64)
 static int tracked_sync(int call, int fd, int (*fn)(int)) {
   delay(K_SYNC);
   pthread_mutex_lock(&mu);
+  const int serialised = log_fd >= 0;
   struct qsys_record r = {0};
   r.kind = QSYS_SYNC;
   r.call = (uint16_t)call;
   r.fd = fd;
   r.t_start = now_ns();
   int err = injection(K_SYNC);
+  if (!serialised)
+    pthread_mutex_unlock(&mu);
   int ret;
   if (err) {
     r.injected = 1;
@@ -889,10 +1037,13 @@ static int tracked_sync(int call, int fd, int (*fn)(int)) {
     ret = fn(fd);
     err = ret < 0 ? errno : 0;
   }
-  r.t_end = now_ns();
-  r.err = err;
-  append(&r, NULL, 0, 0);
-  pthread_mutex_unlock(&mu);
+  if (serialised) {
+    r.t_end = now_ns();
+    r.err = err;
+    append(&r, NULL, 0, 0);
+    pthread_mutex_unlock(&mu);
+  }
+  jitter(K_SYNC);
   errno = err;
   return ret;
 }
@@ -931,6 +1082,9 @@ EXPORT int sync_file_range(int fd, off_t off, off_t n, unsigned flags) {
   r.length = (uint64_t)n;
   r.t_start = now_ns();
   int err = injection(K_SYNC);
+  const int serialised = log_fd >= 0;
+  if (!serialised)
+    pthread_mutex_unlock(&mu);
   int ret;
   if (err) {
     r.injected = 1;
@@ -939,10 +1093,62 @@ EXPORT int sync_file_range(int fd, off_t off, off_t n, unsigned flags) {
     ret = real_sync_file_range()(fd, off, n, flags);
     err = ret < 0 ? errno : 0;
   }
-  r.t_end = now_ns();
-  r.err = err;
-  append(&r, NULL, 0, 0);
-  pthread_mutex_unlock(&mu);
+  if (serialised) {
+    r.t_end = now_ns();
+    r.err = err;
+    append(&r, NULL, 0, 0);
+    pthread_mutex_unlock(&mu);
+  }
+  jitter(K_SYNC);
   errno = err;
   return ret;
+}
+
+/* ---- reads of the backing file -------------------------------------------- */
+
+/* Reads are never logged (they change nothing); they may fail (KIND read)
+ * and be delayed like the image's calls. */
+static ssize_t tracked_read(int fd, void *buf, size_t count, off_t off, pread_t fn) {
+  delay(K_READ);
+  pthread_mutex_lock(&mu);
+  const int err = injection(K_READ);
+  pthread_mutex_unlock(&mu);
+  ssize_t n = -1;
+  int e = err;
+  if (!err) {
+    n = fn(fd, buf, count, off);
+    e = n < 0 ? errno : 0;
+  }
+  jitter(K_READ);
+  errno = e;
+  return n;
+}
+
+#define PREAD_WRAPPER(name)                                              \
+  EXPORT ssize_t name(int fd, void *buf, size_t count, off_t off) {      \
+    if (tracked_as(fd) != TRACKED_BACKING)                               \
+      return real_##name()(fd, buf, count, off);                         \
+    return tracked_read(fd, buf, count, off, real_##name());             \
+  }
+PREAD_WRAPPER(pread)
+PREAD_WRAPPER(pread64)
+
+/* ---- at exit -------------------------------------------------------------- */
+
+__attribute__((destructor)) static void write_counts(void) {
+  if (!counts_path)
+    return;
+  int fd = real_open()(counts_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0)
+    return;
+  pthread_mutex_lock(&mu);
+  char line[128];
+  for (int k = 0; k < K_COUNT; k++) {
+    int n = snprintf(line, sizeof line, "%s %llu %llu\n", kind_names[k],
+                     (unsigned long long)calls[k], (unsigned long long)injected_calls[k]);
+    if (n > 0)
+      (void)!real_write()(fd, line, (size_t)n);
+  }
+  pthread_mutex_unlock(&mu);
+  real_close()(fd);
 }

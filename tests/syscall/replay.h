@@ -52,13 +52,15 @@ public:
   // The file with every op applied (what the real file must be).
   std::vector<uint8_t> final_file();
 
+  // Applies one op to `file` as made (nothing for a failed call).
+  static void apply(std::vector<uint8_t> &file, const Op &op);
+
 private:
   struct Base {
     std::vector<uint8_t> file;
     bool ready = false;
     long upto = -1;  // ops [0, upto] applied to file
   };
-  static void apply(std::vector<uint8_t> &file, const Op &op);
   static void apply_torn(std::vector<uint8_t> &file, const Op &op, std::mt19937_64 &rng);
   void advance(Base &base, long upto, bool lose);
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs one mode of the system-call-level harness (crash, faults or extend; see
-# harness.cpp) against the built plugin in a real nbdkit:
+# Runs one mode of the system-call-level harness (crash, faults, extend,
+# schedule or preload; see harness.cpp) against the built plugin in a real
+# nbdkit:
 #   test-syscall.sh PLUGIN MODE HARNESS PRELOAD
 # The images live in /dev/shm when it is writable: the harness writes
 # thousands of small crash states and the recordings fdatasync often.

@@ -293,12 +293,13 @@ WorkloadResult run_requests(const std::string &socket,
   return result;
 }
 
-bool server_answers(const std::string &socket, uint64_t count, std::string &why) {
+bool server_answers(const std::string &socket, uint64_t count, std::string &why,
+                    uint64_t offset) {
   Handle h = connect(socket, why);
   if (!h)
     return false;
   std::vector<uint8_t> buf(count);
-  if (nbd_pread(h.get(), buf.data(), buf.size(), 0, 0) == -1) {
+  if (nbd_pread(h.get(), buf.data(), buf.size(), offset, 0) == -1) {
     why = std::string("read: ") + nbd_get_error();
     return false;
   }

@@ -59,8 +59,10 @@ WorkloadResult run_workload(const std::string &socket, const WorkloadSpec &spec)
 WorkloadResult run_requests(const std::string &socket,
                             std::vector<std::vector<Request>> per_connection);
 
-// Whether a server answers on `socket`: connects and reads `count` bytes.
-bool server_answers(const std::string &socket, uint64_t count, std::string &why);
+// Whether a server answers on `socket`: connects and reads `count` bytes at
+// `offset`.
+bool server_answers(const std::string &socket, uint64_t count, std::string &why,
+                    uint64_t offset = 0);
 
 // Reads the whole disk through nbdkit on `socket`.
 bool read_disk(const std::string &socket, std::vector<uint8_t> &disk, std::string &why);
