@@ -38,7 +38,9 @@ enum class CheckPolicy {
 
 struct OpenOptions {
   bool read_only = true;
-  uint64_t cache_bytes = 64ull << 20;  // L2 cache budget per image in the chain
+  // L2 cache budget per image in the chain; raised to what the image needs
+  // at least (minimum_cache_bytes(), see Image::cache_budgets()).
+  uint64_t cache_bytes = 64ull << 20;
   bool allow_backing = true;           // false: refuse images with backing files
   BackingStores backing_stores;        // where backing files are opened (backing_store.h)
   uint64_t grow_to = 0;                // read-write: grow the image to this size
@@ -99,6 +101,19 @@ public:
   // The report of the check run at open, if one ran.
   const std::optional<CheckReport> &check_report() const { return check_report_; }
 
+  // The L2 cache budget of one image of the chain: what it was given
+  // (OpenOptions::cache_bytes) and what it uses, more when that was below
+  // the minimum of its geometry (minimum_cache_bytes(): 4 tables of `table`
+  // bytes each, as L2Cache charges them).
+  struct CacheBudget {
+    std::string path;
+    uint64_t requested;
+    uint64_t budget;
+    uint64_t table;
+  };
+  // This image and the QED images below it, top first.
+  std::vector<CacheBudget> cache_budgets() const;
+
 private:
   Image(std::string path, std::unique_ptr<File> file, const Header &header, bool read_only);
 
@@ -113,6 +128,9 @@ private:
   Status write_allocation(Allocation &a, const uint8_t *data, uint64_t pos, uint64_t count);
   // Copies what lay below [vpos, vpos+count) to `host`, a chunk at a time.
   Status copy_below(Run::Kind was, uint64_t vpos, uint64_t count, uint64_t host);
+  // Whether the clusters being allocated may have shown anything but zeroes
+  // at [vpos, vpos+count): what lay below them then.
+  bool may_show_below(Run::Kind was, uint64_t vpos, uint64_t count) const;
   // Reads what the clusters being allocated showed at [vpos, vpos+count) into
   // `out`; false when that is all zeroes (nothing to copy).
   Result<bool> read_below(Run::Kind was, uint64_t vpos, uint64_t count, uint8_t *out);
@@ -141,7 +159,8 @@ private:
   std::unique_ptr<BlockSource> backing_;
   std::unique_ptr<Metadata> meta_;
   bool can_punch_ = false;
-  uint64_t writeback_threshold_ = 0;  // dirty metadata bytes that force a write-back
+  uint64_t requested_cache_bytes_ = 0;  // OpenOptions::cache_bytes
+  uint64_t writeback_threshold_ = 0;  // Metadata::changes_bytes() that force a write-back
   std::optional<CheckReport> check_report_;
   const Header header_at_open_;
 

@@ -54,11 +54,15 @@
 // Allocating writes run in parallel: Metadata reserves clusters and registers
 // the request's virtual clusters as in flight, so only a request for the same
 // clusters waits. Dirty metadata is bounded: past writeback_threshold_ bytes
-// the writer that crossed it runs a flush.
+// (what changed tables hold of the cache, see metadata.h) the writer that
+// crossed it runs a flush; and a request that needs room in the cache that
+// changes take writes them back first (Metadata::make_room). Either way, a
+// write-back is a flush, in the order above.
 #include <algorithm>
 #include <cstring>
 
 #include "image.h"
+#include "page_buffer.h"
 
 namespace qed {
 
@@ -91,16 +95,22 @@ private:
 
 }  // namespace
 
-Result<bool> Image::read_below(Run::Kind was, uint64_t vpos, uint64_t count, uint8_t *out) {
+bool Image::may_show_below(Run::Kind was, uint64_t vpos, uint64_t count) const {
   // A fresh cluster reads as zeroes, so only backing data needs writing.
-  if (count == 0 || was == Run::kZero || !backing_ || vpos >= backing_->size())
+  return count != 0 && was != Run::kZero && backing_ && vpos < backing_->size();
+}
+
+Result<bool> Image::read_below(Run::Kind was, uint64_t vpos, uint64_t count, uint8_t *out) {
+  if (!may_show_below(was, vpos, count))
     return false;
   QED_RETURN_IF_ERROR(read_clipped(*backing_, out, count, vpos));
   return !all_zero(out, count);
 }
 
 Status Image::copy_below(Run::Kind was, uint64_t vpos, uint64_t count, uint64_t host) {
-  std::vector<uint8_t> buf(size_t(std::min(count, kCowChunk)));
+  if (!may_show_below(was, vpos, count))
+    return Status::ok();
+  PageBuffer buf(size_t(std::min(count, kCowChunk)));
   while (count > 0) {
     const size_t n = size_t(std::min<uint64_t>(count, buf.size()));
     auto below = read_below(was, vpos, n, buf.data());
@@ -131,7 +141,9 @@ Status Image::write_allocation(Allocation &a, const uint8_t *data, uint64_t pos,
   }
   // Copy-on-write: the new clusters get what lay below around the written
   // bytes. When there is anything below, the clusters go out in one write.
-  std::vector<uint8_t> buf(end - start);
+  if (!may_show_below(a.first_kind, start, head) && !may_show_below(a.last_kind, wend, tail))
+    return data ? file_->pwrite(data, wend - pos, a.host_offset + head) : Status::ok();
+  PageBuffer buf(end - start);
   auto below_head = read_below(a.first_kind, start, head, buf.data());
   if (!below_head)
     return below_head.status();
@@ -175,7 +187,7 @@ Status Image::write_range(const uint8_t *data, uint64_t count, uint64_t pos) {
 }
 
 Status Image::writeback_if_needed() {
-  if (meta_->dirty_bytes() < writeback_threshold_)
+  if (meta_->changes_bytes() <= writeback_threshold_)
     return Status::ok();
   return flush();
 }
@@ -392,9 +404,9 @@ Status Image::flush_locked() {
     s = file_->sync();
   // 4. L2 and L1 sectors, then one sync.
   for (size_t i = 0; s.is_ok() && i < w.tables.size(); i++)
-    s = file_->pwrite(w.tables[i].bytes.data(), w.tables[i].bytes.size(), w.tables[i].file_offset);
+    s = file_->pwrite(w.tables[i].bytes, w.tables[i].count, w.tables[i].file_offset);
   for (size_t i = 0; s.is_ok() && i < w.l1.size(); i++)
-    s = file_->pwrite(w.l1[i].bytes.data(), w.l1[i].bytes.size(), w.l1[i].file_offset);
+    s = file_->pwrite(w.l1[i].bytes, w.l1[i].count, w.l1[i].file_offset);
   if (s.is_ok())
     s = file_->sync();
   if (!s.is_ok())
