@@ -13,6 +13,7 @@
 #include <memory>
 #include <mutex>
 
+#include "budget_log.h"
 #include "check_log.h"
 #include "config.h"
 #include "create.h"
@@ -77,6 +78,7 @@ int open_served(bool read_only) {
   served = std::move(*image);
   served_writable = !read_only;
   log_check(*served);
+  qed_nbdkit::log_cache_budgets(*served, "cache-size");
   return 0;
 }
 
