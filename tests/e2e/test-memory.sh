@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # cache-size is a promise about memory (issue 18): nbdkit's peak resident memory
 # (VmHWM) stays within the cache budget plus the constant the man page documents
-# (MEMORY in nbdkit-qed-plugin(1)), whatever the requests:
+# (LIMITS, Memory in nbdkit-qed-plugin(1)), whatever the requests:
 #   - one byte into each L2 span, no flush: each write dirties another table
 #     (before the fix, dirty tables were bounded by their dirty sectors: 512
 #     bytes each, not the whole table they keep in memory);
@@ -24,7 +24,7 @@ fi
 
 KiB=1024 MiB=$((1024 * 1024)) GiB=$((1024 * 1024 * 1024)) TiB=$((1024 ** 4)) PiB=$((1024 ** 5))
 # The documented constant, and what each request in flight may add when it
-# writes part of a new cluster over a backing file (MEMORY in the man page).
+# writes part of a new cluster over a backing file (the man page, LIMITS, Memory).
 constant=$((32 * MiB))
 cow_per_request=$((2 * MiB))
 inflight=8  # requests in flight (memory_patterns.py --inflight)
