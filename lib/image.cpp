@@ -237,6 +237,11 @@ std::vector<Image::CacheBudget> Image::cache_budgets() const {
   return out;
 }
 
+Image::CacheUse Image::cache_use() const {
+  const Metadata::PoolUse pool = meta_->pool_use();
+  return {meta_->cache_bytes(), pool.buffers * pool.buffer_bytes};
+}
+
 Header Image::header() {
   std::lock_guard lock(flush_mu_);
   return header_;

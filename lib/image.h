@@ -113,6 +113,14 @@ public:
   };
   // This image and the QED images below it, top first.
   std::vector<CacheBudget> cache_budgets() const;
+  // This image's cache now: what it is charged (never above its budget once a
+  // request is done), and the most memory its tables and their copies ever
+  // took at once (buffers of its pool).
+  struct CacheUse {
+    uint64_t charged;
+    uint64_t peak_buffer_bytes;
+  };
+  CacheUse cache_use() const;
 
 private:
   Image(std::string path, std::unique_ptr<File> file, const Header &header, bool read_only);

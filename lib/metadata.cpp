@@ -652,4 +652,8 @@ uint64_t Metadata::cache_bytes() {
   return cache_.bytes();
 }
 
+Metadata::PoolUse Metadata::pool_use() {
+  return {cache_.pool().allocated(), cache_.pool().buffer_bytes()};  // the pool locks itself
+}
+
 }  // namespace qed

@@ -187,6 +187,13 @@ public:
   // What the cache is charged now (L2Cache::bytes), and its budget.
   uint64_t cache_bytes();
   uint64_t cache_budget() const { return cache_budget_; }
+  // The buffers the cache's pool has allocated: the most its tables and
+  // their copies ever used at once, and their size.
+  struct PoolUse {
+    uint64_t buffers;
+    uint64_t buffer_bytes;
+  };
+  PoolUse pool_use();
 
 private:
   using InflightSet =
