@@ -58,7 +58,7 @@ CachedTable *L2Cache::find(uint64_t offset) {
 
 CachedTable *L2Cache::insert(std::unique_ptr<CachedTable> table) {
   maybe_rehash(index_.size() + 1);  // the only step that allocates: first
-  table->charge = charge_for(pool_.entries());
+  table->charge = table_charge();
   bytes_ += table->charge;
   reweigh(Weight{}, weigh(*table));
   // Make room before linking it: the new table must survive its own
@@ -94,7 +94,7 @@ void L2Cache::evict_over_budget() {
 
 TableBuffer L2Cache::take_buffer(uint64_t entries) {
   // Evicting first lets the pool hand the evicted table's buffer out again.
-  const uint64_t need = charge_for(pool_.entries());
+  const uint64_t need = table_charge();
   while (bytes_ + need > budget_ && evict_one()) {
   }
   return pool_.take(entries);

@@ -79,9 +79,11 @@ public:
   L2Cache(const L2Cache &) = delete;
   L2Cache &operator=(const L2Cache &) = delete;
 
-  // What a table is charged whose buffer holds `entries` entries (every
-  // table is charged for a whole buffer of the pool).
+  // What a table is charged whose buffer holds `entries` entries, and what
+  // each of this cache's tables is (a whole buffer of the pool, whatever
+  // part of it the table uses).
   static uint64_t charge_for(uint64_t entries);
+  uint64_t table_charge() const { return charge_for(pool_.entries()); }
 
   // The table at `offset`, marked most recently used; null if absent.
   CachedTable *find(uint64_t offset);

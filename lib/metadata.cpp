@@ -32,7 +32,7 @@ constexpr size_t kAbandonedReserved = 64;
 
 uint64_t minimum_cache_bytes(const Geometry &geo) {
   // The first table is the largest: only the last one can be shorter.
-  return 4 * L2Cache::charge_for(geo.l2_entries_used(0));
+  return 4 * L2Cache::charge_for(std::max<uint64_t>(geo.l2_entries_used(0), 1));
 }
 
 Metadata::Metadata(File &file, const MetadataConfig &c, std::vector<uint64_t> l1,
@@ -163,8 +163,7 @@ Result<CachedTable *> Metadata::get_table(std::unique_lock<std::mutex> &lock,
     CachedTable *t = cache_.find(off);
     if (!t) {
       // A loading table is charged twice its size (l2_cache.h).
-      auto released = make_room(
-          lock, 2 * L2Cache::charge_for(geo_.l2_entries_used(l1_index)), false);
+      auto released = make_room(lock, 2 * cache_.table_charge(), false);
       if (!released)
         return released.status();
       if (*released)
@@ -353,7 +352,7 @@ Result<CachedTable *> Metadata::table_for_write(std::unique_lock<std::mutex> &lo
       return got.status();
     if (*got)
       return *got;
-    auto released = make_room(lock, L2Cache::charge_for(geo_.l2_entries_used(l1_index)), false);
+    auto released = make_room(lock, cache_.table_charge(), false);
     if (!released)
       return released.status();
     if (!*released)
