@@ -130,8 +130,9 @@ Status Image::load(const OpenOptions &options, ChainState &chain) {
   config.writable = !read_only_;
   config.lenient = read_only_ && header_.needs_check();
   // When changes take the room a table needs, the request that needs it
-  // writes them back, as a flush would (Metadata::make_room).
-  meta_ = std::make_unique<Metadata>(*file_, config, std::move(l1), [this] { return flush(); });
+  // writes them back (Metadata::make_room; a flush without its final sync).
+  meta_ = std::make_unique<Metadata>(*file_, config, std::move(l1),
+                                     [this] { return write_back_for_room(); });
   // And a writer whose changes pass a quarter of the budget writes them back
   // after its request, so that most of the cache keeps serving reads.
   writeback_threshold_ = meta_->cache_budget() / 4;

@@ -2,8 +2,9 @@
 // File. Every public method may run on many threads at once.
 //
 // Locks, in the order they may be taken:
-//   flush_mu_ (Image)  serialises flush(), close() and header rewrites; guards
-//                      header_, needs_check_on_disk_ and synced_.
+//   flush_mu_ (Image)  serialises flush(), write-backs, close() and header
+//                      rewrites; guards header_, needs_check_on_disk_, synced_
+//                      and metadata_unsynced_.
 //   Metadata::mu_      guards all table state (see metadata.h).
 //   failure_mu_        guards failure_ (taken alone).
 // No lock is held during data I/O; flush_mu_ is held across metadata I/O only.
@@ -154,7 +155,11 @@ private:
   // Enters that state (the first reason sticks); returns `why`, in context.
   Status fail(const Status &why, const char *doing);
   Status writeback_if_needed();
+  // A flush without its final sync, to free the memory changes take
+  // (image_write.cpp); Metadata calls it when it needs room.
+  Status write_back_for_room();
   Status flush_locked();
+  Status write_back_locked(bool durable);
   Status error_context(const Status &s) const;
   // kInvalidArgument unless [pos, pos+count) lies within the disk (callers
   // such as nbdkit check already; the engine does not rely on it).
@@ -180,6 +185,8 @@ private:
   bool may_mark_clean_ = true;        // guarded by flush_mu_
   bool closed_ = false;               // guarded by flush_mu_
   uint64_t synced_ = 0;               // guarded by flush_mu_: written_ at the last sync
+  // A write-back wrote metadata that no sync has covered yet.
+  bool metadata_unsynced_ = false;    // guarded by flush_mu_
 
   // File changes by writes, zeroes and trims, counted when they complete.
   std::atomic<uint64_t> written_{0};

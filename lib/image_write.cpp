@@ -9,7 +9,8 @@
 // syncs that before any entry points there again.) Between flushes,
 // allocating writes only touch clusters that nothing on disk points at, and
 // in-place writes only touch data clusters. Metadata reaches the disk only in
-// flush(), as dirty 512-byte sectors, each of which a crash leaves old or new.
+// flush() and in write-backs (below), as dirty 512-byte sectors, each of which
+// a crash leaves old or new.
 //
 // What a crash can leave, entry by entry, when an entry reached the disk but
 // what it points at did not:
@@ -42,6 +43,12 @@
 // A flush with nothing written since the last sync does nothing. Steady
 // state: one sync per flush without a backing file, two with one.
 //
+// A write-back is a flush without the sync of step 4: it runs when changes
+// take too much of the cache (see "Dirty metadata is bounded" below), to free
+// their memory, not to make anything durable. Steps 1 and 3 keep the order a
+// crash needs (NEED_CHECK first; data before the entries pointing at it); the
+// next flush syncs what it wrote, even when nothing else changed since.
+//
 // The worst case after a crash is leaked clusters: reserved space that no
 // entry reached. NEED_CHECK tells the next open that leaks may exist; close()
 // clears it after a final flush, and cuts the file back to what is in use.
@@ -55,9 +62,8 @@
 // the request's virtual clusters as in flight, so only a request for the same
 // clusters waits. Dirty metadata is bounded: past writeback_threshold_ bytes
 // (what changed tables hold of the cache, see metadata.h) the writer that
-// crossed it runs a flush; and a request that needs room in the cache that
-// changes take writes them back first (Metadata::make_room). Either way, a
-// write-back is a flush, in the order above.
+// crossed it runs a write-back; and a request that needs room in the cache
+// that changes take runs one first (Metadata::make_room).
 #include <algorithm>
 #include <cstring>
 
@@ -189,7 +195,7 @@ Status Image::write_range(const uint8_t *data, uint64_t count, uint64_t pos) {
 Status Image::writeback_if_needed() {
   if (meta_->changes_bytes() <= writeback_threshold_)
     return Status::ok();
-  return flush();
+  return write_back_for_room();
 }
 
 Status Image::refuse_if_failed() const {
@@ -369,18 +375,28 @@ Status Image::flush() {
   return flush_locked();
 }
 
-Status Image::flush_locked() {
+Status Image::write_back_for_room() {
+  if (read_only_)
+    return Status::ok();
+  std::lock_guard lock(flush_mu_);
+  return write_back_locked(false);
+}
+
+Status Image::flush_locked() { return write_back_locked(true); }
+
+Status Image::write_back_locked(bool durable) {
   QED_RETURN_IF_ERROR(refuse_if_failed());
   // Writes completed before this flush began are counted in `written`.
   const uint64_t written = written_.load();
   Writeback w = meta_->take_dirty();
   WritebackScope scope(*meta_, w);
   if (w.empty()) {
-    if (written == synced_)
+    if (!durable || (written == synced_ && !metadata_unsynced_))
       return Status::ok();  // nothing written since the last sync
     if (Status s = file_->sync(); !s.is_ok())
       return fail(s, "flushing");
     synced_ = written;
+    metadata_unsynced_ = false;
     return Status::ok();
   }
   // 1. NEED_CHECK, durable before the first metadata write of this open.
@@ -402,17 +418,25 @@ Status Image::flush_locked() {
   Status s;
   if (backing_ || w.sync_before_entries)
     s = file_->sync();
-  // 4. L2 and L1 sectors, then one sync.
+  // 4. L2 and L1 sectors, then one sync. A write-back for room leaves that
+  // sync to the next flush: what it wrote is in the file for every later
+  // read, and a crash before that flush leaves each sector old or new, as
+  // after any crash.
   for (size_t i = 0; s.is_ok() && i < w.tables.size(); i++)
     s = file_->pwrite(w.tables[i].bytes, w.tables[i].count, w.tables[i].file_offset);
   for (size_t i = 0; s.is_ok() && i < w.l1.size(); i++)
     s = file_->pwrite(w.l1[i].bytes, w.l1[i].count, w.l1[i].file_offset);
-  if (s.is_ok())
+  if (s.is_ok() && durable)
     s = file_->sync();
   if (!s.is_ok())
     return fail(s, "writing back metadata");
   scope.written();
-  synced_ = written;
+  if (durable) {
+    synced_ = written;
+    metadata_unsynced_ = false;
+  } else {
+    metadata_unsynced_ = true;
+  }
   return Status::ok();
 }
 

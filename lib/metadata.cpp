@@ -132,8 +132,8 @@ Result<bool> Metadata::make_room(std::unique_lock<std::mutex> &lock, uint64_t ne
       return released;
     released = true;
     if (!dirty_tables_.empty()) {
-      // Changes take the room: write them back, as a flush does (it waits
-      // for a write-back in progress first).
+      // Changes take the room: write them back (after a write-back in
+      // progress, which write_back_ waits for).
       lock.unlock();
       Status s = write_back_();
       lock.lock();

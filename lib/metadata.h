@@ -24,8 +24,8 @@
 // make (see l2_cache.h for what each is charged). Before a table is loaded,
 // created or dirtied, make_room() waits until the cache can hold it: for
 // loads to finish, for a write-back to end, or it writes the changes back
-// itself (write_back, normally Image::flush()) when they are what takes the
-// room. Changes may hold at most half of the budget, so that reads always
+// itself (write_back: Image's flush without its final sync) when they are
+// what takes the room. Changes may hold at most half of the budget, so that reads always
 // find room, even after a failed flush left changes that cannot be written.
 //
 // Failures. Every method leaves the state as it was when it fails, whether by
@@ -142,7 +142,8 @@ struct MetadataConfig {
 // cache-size is raised to it (Image::cache_budget(); the front ends log it).
 uint64_t minimum_cache_bytes(const Geometry &geometry);
 
-// Writes every change back, as a flush does. Called without mu_ held.
+// Writes every change back to the file, as a flush does (durable or not).
+// Called without mu_ held.
 using WriteBack = std::function<Status()>;
 
 class Metadata {
