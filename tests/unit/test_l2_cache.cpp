@@ -84,6 +84,32 @@ void touch(qed::Image &img, uint64_t i) {
 
 TEST_SUITE_BEGIN("l2cache");
 
+TEST_CASE("TablePool hands out the buffers given back before it allocates") {
+  qed::TablePool pool(100);
+  CHECK(pool.buffer_bytes() == 800);
+  {
+    qed::TableBuffer a = pool.take(100), b = pool.take(40);
+    CHECK(a.size() == 100);
+    CHECK(b.size() == 40);
+    CHECK(b.capacity() == 100);
+    b.resize(1000);  // never past the buffer
+    CHECK(b.size() == 100);
+    CHECK(pool.allocated() == 2);
+    const uint64_t *was = a.data();
+    a.reset();
+    qed::TableBuffer c = pool.take(7);
+    CHECK(c.data() == was);
+    qed::TableBuffer d = std::move(c);  // the buffer moves, and goes back once
+    CHECK(c.empty());
+    CHECK(d.data() == was);
+  }
+  // Every buffer back: taking them all again allocates nothing.
+  qed::TableBuffer x = pool.take(1), y = pool.take(1);
+  CHECK(pool.allocated() == 2);
+  qed::TableBuffer z = pool.take(1);
+  CHECK(pool.allocated() == 3);
+}
+
 TEST_CASE("L2Cache evicts the least recently used clean table") {
   const uint64_t c = L2Cache::charge_for(100);
   L2Cache cache(2 * c, 100);  // two tables of 100 entries
