@@ -6,6 +6,7 @@
 #include <mutex>
 #include <string>
 
+#include "budget_log.h"
 #include "check_log.h"
 #include "config.h"
 #include "export_size.h"
@@ -143,6 +144,7 @@ int open_image(nbdkit_next *next, int thread_model) {
   state.image = std::move(*image);
   state.multi_conn = multi_conn == 1;
   qed_nbdkit::log_check(*state.image);
+  qed_nbdkit::log_cache_budgets(*state.image, "qed-cache-size");
   return 0;
 }
 

@@ -131,10 +131,14 @@ Status Image::load(const OpenOptions &options, ChainState &chain) {
   config.cache_bytes = options.cache_bytes;
   config.writable = !read_only_;
   config.lenient = read_only_ && header_.needs_check();
-  meta_ = std::make_unique<Metadata>(*file_, config, std::move(l1));
-  // Keep dirty metadata to a fraction of the cache, so a long run of writes
-  // without flushes cannot grow memory past the budget.
-  writeback_threshold_ = std::max<uint64_t>(options.cache_bytes / 4, 512);
+  // When changes take the room a table needs, the request that needs it
+  // writes them back (Metadata::make_room; a flush without its final sync).
+  meta_ = std::make_unique<Metadata>(*file_, config, std::move(l1),
+                                     [this] { return write_back_for_room(); });
+  // And a writer whose changes pass a quarter of the budget writes them back
+  // after its request, so that most of the cache keeps serving reads.
+  writeback_threshold_ = meta_->cache_budget() / 4;
+  requested_cache_bytes_ = options.cache_bytes;
   if (!read_only_)
     probe_hole_punching();
   return Status::ok();
@@ -226,6 +230,19 @@ std::string Image::description() const {
   if (backing_)
     d += ", backing file: " + backing_->description();
   return d;
+}
+
+std::vector<Image::CacheBudget> Image::cache_budgets() const {
+  std::vector<CacheBudget> out;
+  for (const Image *i = this; i; i = dynamic_cast<const Image *>(i->backing_.get()))
+    out.push_back({i->path_, i->requested_cache_bytes_, i->meta_->cache_budget(),
+                   L2Cache::charge_for(i->geo_.l2_entries_used(0))});
+  return out;
+}
+
+Image::CacheUse Image::cache_use() const {
+  const Metadata::PoolUse pool = meta_->pool_use();
+  return {meta_->cache_bytes(), pool.buffers * pool.buffer_bytes};
 }
 
 Header Image::header() {

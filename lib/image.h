@@ -2,8 +2,9 @@
 // File. Every public method may run on many threads at once.
 //
 // Locks, in the order they may be taken:
-//   flush_mu_ (Image)  serialises flush(), close() and header rewrites; guards
-//                      header_, needs_check_on_disk_ and synced_.
+//   flush_mu_ (Image)  serialises flush(), write-backs, close() and header
+//                      rewrites; guards header_, needs_check_on_disk_, synced_
+//                      and metadata_unsynced_.
 //   Metadata::mu_      guards all table state (see metadata.h).
 //   failure_mu_        guards failure_ (taken alone).
 // No lock is held during data I/O; flush_mu_ is held across metadata I/O only.
@@ -38,7 +39,9 @@ enum class CheckPolicy {
 
 struct OpenOptions {
   bool read_only = true;
-  uint64_t cache_bytes = 64ull << 20;  // L2 cache budget per image in the chain
+  // L2 cache budget per image in the chain; raised to what the image needs
+  // at least (minimum_cache_bytes(), see Image::cache_budgets()).
+  uint64_t cache_bytes = 64ull << 20;
   bool allow_backing = true;           // false: refuse images with backing files
   BackingStores backing_stores;        // where backing files are opened (backing_store.h)
   uint64_t grow_to = 0;                // read-write: grow the image to this size
@@ -107,6 +110,27 @@ public:
   // The report of the check run at open, if one ran.
   const std::optional<CheckReport> &check_report() const { return check_report_; }
 
+  // The L2 cache budget of one image of the chain: what it was given
+  // (OpenOptions::cache_bytes) and what it uses, more when that was below
+  // the minimum of its geometry (minimum_cache_bytes(): 4 tables of `table`
+  // bytes each, as L2Cache charges them).
+  struct CacheBudget {
+    std::string path;
+    uint64_t requested;
+    uint64_t budget;
+    uint64_t table;
+  };
+  // This image and the QED images below it, top first.
+  std::vector<CacheBudget> cache_budgets() const;
+  // This image's cache now: what it is charged (never above its budget once a
+  // request is done), and the most memory its tables and their copies ever
+  // took at once (buffers of its pool).
+  struct CacheUse {
+    uint64_t charged;
+    uint64_t peak_buffer_bytes;
+  };
+  CacheUse cache_use() const;
+
 private:
   Image(std::string path, std::unique_ptr<File> file, const Header &header, bool read_only);
 
@@ -121,6 +145,9 @@ private:
   Status write_allocation(Allocation &a, const uint8_t *data, uint64_t pos, uint64_t count);
   // Copies what lay below [vpos, vpos+count) to `host`, a chunk at a time.
   Status copy_below(Run::Kind was, uint64_t vpos, uint64_t count, uint64_t host);
+  // Whether the clusters being allocated may have shown anything but zeroes
+  // at [vpos, vpos+count): what lay below them then.
+  bool may_show_below(Run::Kind was, uint64_t vpos, uint64_t count) const;
   // Reads what the clusters being allocated showed at [vpos, vpos+count) into
   // `out`; false when that is all zeroes (nothing to copy).
   Result<bool> read_below(Run::Kind was, uint64_t vpos, uint64_t count, uint8_t *out);
@@ -136,7 +163,11 @@ private:
   // Enters that state (the first reason sticks); returns `why`, in context.
   Status fail(const Status &why, const char *doing);
   Status writeback_if_needed();
+  // A flush without its final sync, to free the memory changes take
+  // (image_write.cpp); Metadata calls it when it needs room.
+  Status write_back_for_room();
   Status flush_locked();
+  Status write_back_locked(bool durable);
   Status error_context(const Status &s) const;
   // kInvalidArgument unless [pos, pos+count) lies within the disk (callers
   // such as nbdkit check already; the engine does not rely on it).
@@ -149,7 +180,8 @@ private:
   std::unique_ptr<BlockSource> backing_;
   std::unique_ptr<Metadata> meta_;
   bool can_punch_ = false;
-  uint64_t writeback_threshold_ = 0;  // dirty metadata bytes that force a write-back
+  uint64_t requested_cache_bytes_ = 0;  // OpenOptions::cache_bytes
+  uint64_t writeback_threshold_ = 0;  // Metadata::changes_bytes() that force a write-back
   std::optional<CheckReport> check_report_;
   const Header header_at_open_;
 
@@ -164,6 +196,8 @@ private:
   // Guarded by flush_mu_: the end of the furthest table or cluster named by an
   // entry a flush of this open wrote; close() must leave the file that long.
   uint64_t written_reach_ = 0;
+  // A write-back wrote metadata that no sync has covered yet.
+  bool metadata_unsynced_ = false;    // guarded by flush_mu_
 
   // File changes by writes, zeroes and trims, counted when they complete.
   std::atomic<uint64_t> written_{0};

@@ -9,7 +9,8 @@
 // syncs that before any entry points there again.) Between flushes,
 // allocating writes only touch clusters that nothing on disk points at, and
 // in-place writes only touch data clusters. Metadata reaches the disk only in
-// flush(), as dirty 512-byte sectors, each of which a crash leaves old or new.
+// flush() and in write-backs (below), as dirty 512-byte sectors, each of which
+// a crash leaves old or new.
 //
 // What a crash can leave, entry by entry, when an entry reached the disk but
 // what it points at did not:
@@ -47,6 +48,12 @@
 // A flush with nothing written since the last sync does nothing. Steady
 // state: one sync per flush without a backing file, two with one.
 //
+// A write-back is a flush without the sync of step 4: it runs when changes
+// take too much of the cache (see "Dirty metadata is bounded" below), to free
+// their memory, not to make anything durable. Steps 1 and 3 keep the order a
+// crash needs (NEED_CHECK first; data before the entries pointing at it); the
+// next flush syncs what it wrote, even when nothing else changed since.
+//
 // The worst case after a crash is leaked clusters: reserved space that no
 // entry reached. NEED_CHECK tells the next open that leaks may exist; close()
 // clears it after a final flush, and cuts the file back to what is in use.
@@ -59,12 +66,15 @@
 // Allocating writes run in parallel: Metadata reserves clusters and registers
 // the request's virtual clusters as in flight, so only a request for the same
 // clusters waits. Dirty metadata is bounded: past writeback_threshold_ bytes
-// the writer that crossed it runs a flush.
+// (what changed tables hold of the cache, see metadata.h) the writer that
+// crossed it runs a write-back; and a request that needs room in the cache
+// that changes take runs one first (Metadata::make_room).
 #include <algorithm>
 #include <cstring>
 
 #include "byte_order.h"
 #include "image.h"
+#include "page_buffer.h"
 
 namespace qed {
 
@@ -137,16 +147,22 @@ Status check_reach(File &file, uint64_t needed) {
 
 }  // namespace
 
-Result<bool> Image::read_below(Run::Kind was, uint64_t vpos, uint64_t count, uint8_t *out) {
+bool Image::may_show_below(Run::Kind was, uint64_t vpos, uint64_t count) const {
   // A fresh cluster reads as zeroes, so only backing data needs writing.
-  if (count == 0 || was == Run::kZero || !backing_ || vpos >= backing_->size())
+  return count != 0 && was != Run::kZero && backing_ && vpos < backing_->size();
+}
+
+Result<bool> Image::read_below(Run::Kind was, uint64_t vpos, uint64_t count, uint8_t *out) {
+  if (!may_show_below(was, vpos, count))
     return false;
   QED_RETURN_IF_ERROR(read_clipped(*backing_, out, count, vpos));
   return !all_zero(out, count);
 }
 
 Status Image::copy_below(Run::Kind was, uint64_t vpos, uint64_t count, uint64_t host) {
-  std::vector<uint8_t> buf(size_t(std::min(count, kCowChunk)));
+  if (!may_show_below(was, vpos, count))
+    return Status::ok();
+  PageBuffer buf(size_t(std::min(count, kCowChunk)));
   while (count > 0) {
     const size_t n = size_t(std::min<uint64_t>(count, buf.size()));
     auto below = read_below(was, vpos, n, buf.data());
@@ -177,7 +193,9 @@ Status Image::write_allocation(Allocation &a, const uint8_t *data, uint64_t pos,
   }
   // Copy-on-write: the new clusters get what lay below around the written
   // bytes. When there is anything below, the clusters go out in one write.
-  std::vector<uint8_t> buf(end - start);
+  if (!may_show_below(a.first_kind, start, head) && !may_show_below(a.last_kind, wend, tail))
+    return data ? file_->pwrite(data, wend - pos, a.host_offset + head) : Status::ok();
+  PageBuffer buf(end - start);
   auto below_head = read_below(a.first_kind, start, head, buf.data());
   if (!below_head)
     return below_head.status();
@@ -221,9 +239,9 @@ Status Image::write_range(const uint8_t *data, uint64_t count, uint64_t pos) {
 }
 
 Status Image::writeback_if_needed() {
-  if (meta_->dirty_bytes() < writeback_threshold_)
+  if (meta_->changes_bytes() <= writeback_threshold_)
     return Status::ok();
-  return flush();
+  return write_back_for_room();
 }
 
 Status Image::refuse_if_failed() const {
@@ -403,18 +421,28 @@ Status Image::flush() {
   return flush_locked();
 }
 
-Status Image::flush_locked() {
+Status Image::write_back_for_room() {
+  if (read_only_)
+    return Status::ok();
+  std::lock_guard lock(flush_mu_);
+  return write_back_locked(false);
+}
+
+Status Image::flush_locked() { return write_back_locked(true); }
+
+Status Image::write_back_locked(bool durable) {
   QED_RETURN_IF_ERROR(refuse_if_failed());
   // Writes completed before this flush began are counted in `written`.
   const uint64_t written = written_.load();
   Writeback w = meta_->take_dirty();
   WritebackScope scope(*meta_, w);
   if (w.empty()) {
-    if (written == synced_)
+    if (!durable || (written == synced_ && !metadata_unsynced_))
       return Status::ok();  // nothing written since the last sync
     if (Status s = file_->sync(); !s.is_ok())
       return fail(s, "flushing");
     synced_ = written;
+    metadata_unsynced_ = false;
     return Status::ok();
   }
   // 1. NEED_CHECK, durable before the first metadata write of this open.
@@ -439,18 +467,26 @@ Status Image::flush_locked() {
   Status s;
   if (backing_ || w.sync_before_entries)
     s = file_->sync();
-  // 4. L2 and L1 sectors, then one sync.
+  // 4. L2 and L1 sectors, then one sync. A write-back for room leaves that
+  // sync to the next flush: what it wrote is in the file for every later
+  // read, and a crash before that flush leaves each sector old or new, as
+  // after any crash.
   for (size_t i = 0; s.is_ok() && i < w.tables.size(); i++)
-    s = file_->pwrite(w.tables[i].bytes.data(), w.tables[i].bytes.size(), w.tables[i].file_offset);
+    s = file_->pwrite(w.tables[i].bytes, w.tables[i].count, w.tables[i].file_offset);
   for (size_t i = 0; s.is_ok() && i < w.l1.size(); i++)
-    s = file_->pwrite(w.l1[i].bytes.data(), w.l1[i].bytes.size(), w.l1[i].file_offset);
-  if (s.is_ok())
+    s = file_->pwrite(w.l1[i].bytes, w.l1[i].count, w.l1[i].file_offset);
+  if (s.is_ok() && durable)
     s = file_->sync();
   if (!s.is_ok())
     return fail(s, "writing back metadata");
   scope.written();
-  synced_ = written;
   written_reach_ = std::max(written_reach_, reach);
+  if (durable) {
+    synced_ = written;
+    metadata_unsynced_ = false;
+  } else {
+    metadata_unsynced_ = true;
+  }
   return Status::ok();
 }
 

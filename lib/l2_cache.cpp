@@ -4,18 +4,46 @@ namespace qed {
 
 namespace {
 constexpr size_t kInitialBuckets = 64;
-}
+}  // namespace
 
-L2Cache::L2Cache(uint64_t budget_bytes)
+L2Cache::L2Cache(uint64_t budget_bytes, uint64_t table_entries)
     : budget_(budget_bytes),
+      pool_(table_entries),
       buckets_(kInitialBuckets),
-      index_(Index::bucket_traits(buckets_.data(), buckets_.size())) {
-  spare_.reserve(kMaxSpare);  // so that erase(), called on paths that must not fail, never allocates
+      index_(Index::bucket_traits(buckets_.data(), buckets_.size())) {}
+
+L2Cache::~L2Cache() { index_.clear_and_dispose([](CachedTable *t) { delete t; }); }
+
+uint64_t L2Cache::charge_for(uint64_t entries) {
+  const uint64_t sectors = (entries + 63) / 64;
+  const uint64_t dirty_map = (sectors + 63) / 64 * 8;  // std::vector<bool> words
+  // The table's own record, and two hash buckets (the index keeps at most
+  // twice as many as there are tables).
+  const uint64_t record = sizeof(CachedTable) + 2 * sizeof(void *);
+  return entries * 8 + dirty_map + record;
 }
 
-L2Cache::~L2Cache() {
-  spare_.clear();
-  index_.clear_and_dispose([](CachedTable *t) { delete t; });
+L2Cache::Weight L2Cache::weigh(const CachedTable &t) {
+  const uint64_t reserves = uint64_t(t.loading()) + uint64_t(t.dirty()) + uint64_t(t.pins > 0);
+  Weight w;
+  w.reserve = t.charge * reserves;
+  w.held = t.evictable() ? 0 : t.charge + w.reserve;
+  w.changes = t.dirty() || t.pins > 0 ? t.charge + w.reserve : 0;
+  return w;
+}
+
+void L2Cache::reweigh(const Weight &before, const Weight &after) noexcept {
+  bytes_ = bytes_ - before.reserve + after.reserve;
+  held_ = held_ - before.held + after.held;
+  held_by_changes_ = held_by_changes_ - before.changes + after.changes;
+}
+
+uint64_t L2Cache::cost_to_dirty(const CachedTable &t) const {
+  if (t.dirty())
+    return 0;
+  const Weight now = weigh(t);
+  const uint64_t reserves = 1 + uint64_t(t.loading()) + uint64_t(t.pins > 0);
+  return t.charge * (1 + reserves) - now.held;
 }
 
 CachedTable *L2Cache::find(uint64_t offset) {
@@ -29,10 +57,12 @@ CachedTable *L2Cache::find(uint64_t offset) {
 }
 
 CachedTable *L2Cache::insert(std::unique_ptr<CachedTable> table) {
-  // Make room first: the new table must survive its own insertion, since the
-  // caller is about to use it.
   maybe_rehash(index_.size() + 1);  // the only step that allocates: first
-  bytes_ += table->bytes();
+  table->charge = table_charge();
+  bytes_ += table->charge;
+  reweigh(Weight{}, weigh(*table));
+  // Make room before linking it: the new table must survive its own
+  // insertion, since the caller is about to use it.
   evict_over_budget();
   CachedTable *t = table.release();
   index_.insert(*t);
@@ -41,34 +71,33 @@ CachedTable *L2Cache::insert(std::unique_ptr<CachedTable> table) {
 }
 
 void L2Cache::erase(CachedTable *t) {
-  bytes_ -= t->bytes();
+  reweigh(weigh(*t), Weight{});
+  bytes_ -= t->charge;
   index_.erase(index_.iterator_to(*t));
-  if (spare_.size() < kMaxSpare && t->entries.capacity() > 0)
-    spare_.push_back(std::move(t->entries));
   delete t;  // the auto-unlink hooks leave the LRU and dirty lists
 }
 
-std::vector<uint64_t> L2Cache::take_buffer(uint64_t entries) {
-  std::vector<uint64_t> buf;
-  if (!spare_.empty()) {
-    buf = std::move(spare_.back());
-    spare_.pop_back();
+bool L2Cache::evict_one() {
+  for (CachedTable &t : lru_) {
+    if (t.evictable()) {
+      erase(&t);
+      return true;
+    }
   }
-  buf.resize(entries);
-  return buf;
-}
-
-void L2Cache::account(CachedTable *t, uint64_t old_bytes) {
-  bytes_ = bytes_ - old_bytes + t->bytes();
+  return false;
 }
 
 void L2Cache::evict_over_budget() {
-  auto it = lru_.begin();
-  while (bytes_ > budget_ && it != lru_.end()) {
-    CachedTable &t = *it++;
-    if (t.evictable())
-      erase(&t);
+  while (bytes_ > budget_ && evict_one()) {
   }
+}
+
+TableBuffer L2Cache::take_buffer(uint64_t entries) {
+  // Evicting first lets the pool hand the evicted table's buffer out again.
+  const uint64_t need = table_charge();
+  while (bytes_ + need > budget_ && evict_one()) {
+  }
+  return pool_.take(entries);
 }
 
 void L2Cache::maybe_rehash(size_t entries) {

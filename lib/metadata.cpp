@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <utility>
 
+#include "byte_order.h"
+
 namespace qed {
 
 namespace {
@@ -28,16 +30,24 @@ constexpr size_t kAbandonedReserved = 64;
 
 }  // namespace
 
-Metadata::Metadata(File &file, const MetadataConfig &c, std::vector<uint64_t> l1)
+uint64_t minimum_cache_bytes(const Geometry &geo) {
+  // The first table is the largest: only the last one can be shorter.
+  return 4 * L2Cache::charge_for(std::max<uint64_t>(geo.l2_entries_used(0), 1));
+}
+
+Metadata::Metadata(File &file, const MetadataConfig &c, std::vector<uint64_t> l1,
+                   WriteBack write_back)
     : file_(file),
       geo_(c.geometry),
       l1_offset_(c.l1_offset),
       open_file_size_(c.file_size),
       writable_(c.writable),
       lenient_(c.lenient),
+      cache_budget_(std::max(c.cache_bytes, minimum_cache_bytes(c.geometry))),
+      write_back_(std::move(write_back)),
       l1_(std::move(l1)),
       l1_dirty_sectors_(sectors_for(l1_.size())),
-      cache_(c.cache_bytes),
+      cache_(cache_budget_, geo_.l2_entries_used(0)),
       file_end_(std::max({round_up(c.file_size, geo_.cluster_size()), geo_.header_bytes(),
                           c.l1_offset + geo_.table_bytes()})) {
   abandoned_.reserve(kAbandonedReserved);
@@ -110,6 +120,39 @@ uint64_t Metadata::image_clusters_from(uint64_t cluster) const {
   return cluster < total ? total - cluster : 0;
 }
 
+Result<bool> Metadata::make_room(std::unique_lock<std::mutex> &lock, uint64_t need,
+                                 bool dirtying) {
+  // The budget is at least minimum_cache_bytes(), so whatever one request
+  // needs fits once nothing else is held: each wait below ends.
+  bool released = false;
+  for (;;) {
+    const uint64_t budget = cache_.budget();
+    if (cache_.held() + need <= budget &&
+        (!dirtying || cache_.held_by_changes() + need <= budget / 2))
+      return released;
+    released = true;
+    if (!dirty_tables_.empty()) {
+      // Changes take the room: write them back (after a write-back in
+      // progress, which write_back_ waits for).
+      lock.unlock();
+      Status s = write_back_();
+      lock.lock();
+      if (!s.is_ok())
+        return s;
+      continue;
+    }
+    // Loads and a write-back in progress take it: they end on their own.
+    room_cv_.wait(lock);
+  }
+}
+
+Result<bool> Metadata::make_room_to_dirty(std::unique_lock<std::mutex> &lock, CachedTable *t) {
+  const uint64_t need = cache_.cost_to_dirty(*t);
+  if (need == 0)
+    return false;
+  return make_room(lock, need, true);
+}
+
 Result<CachedTable *> Metadata::get_table(std::unique_lock<std::mutex> &lock,
                                           uint64_t l1_index) {
   for (;;) {
@@ -118,8 +161,15 @@ Result<CachedTable *> Metadata::get_table(std::unique_lock<std::mutex> &lock,
       return static_cast<CachedTable *>(nullptr);
     QED_RETURN_IF_ERROR(check_table_offset(l1_index, off));
     CachedTable *t = cache_.find(off);
-    if (!t)
+    if (!t) {
+      // A loading table is charged twice its size (l2_cache.h).
+      auto released = make_room(lock, 2 * cache_.table_charge(), false);
+      if (!released)
+        return released.status();
+      if (*released)
+        continue;  // another request may have loaded it meanwhile
       return load_table(lock, l1_index, off);
+    }
     if (!t->loading()) {
       // Tables are cached by offset, with the entries of the span that loaded
       // them: one named by two L1 entries (corruption the check repairs) may
@@ -141,40 +191,32 @@ Result<CachedTable *> Metadata::get_table(std::unique_lock<std::mutex> &lock,
 Result<CachedTable *> Metadata::load_table(std::unique_lock<std::mutex> &lock,
                                            uint64_t l1_index, uint64_t off) {
   // Everything that allocates comes before the table is visible in the cache.
+  const uint64_t entries = geo_.l2_entries_used(l1_index);
   auto fresh = std::make_unique<CachedTable>(off);
   std::shared_ptr<LoadLatch> latch = std::make_shared<LoadLatch>();
-  std::vector<uint64_t> entries = cache_.take_buffer(geo_.l2_entries_used(l1_index));
+  fresh->dirty_sectors.assign(sectors_for(entries), false);
+  fresh->entries = cache_.take_buffer(entries);
   fresh->latch = latch;
   CachedTable *t = cache_.insert(std::move(fresh));
 
+  // While it loads, only this thread touches its entries: others wait on the
+  // latch, and a loading table is never evicted.
   lock.unlock();
-  Status s = read_table_entries(file_, off, entries);
+  Status s = read_table_entries(file_, off, t->entries.span());
   lock.lock();
 
-  std::vector<bool> dirty;
-  try {
-    if (s.is_ok())
-      dirty.assign(sectors_for(entries.size()), false);
-  } catch (...) {
-    s = Status::io_error(file_.name() + ": out of memory loading an L2 table", ENOMEM);
-  }
   latch->done = true;
   latch->status = s;
   if (!s.is_ok()) {
     cache_.erase(t);
-    latch->cv.notify_all();
-    return s;
+  } else {
+    cache_.update(t, [&] { t->latch.reset(); });
+    sanitize_loaded(t);  // covered by the reserve the load held
   }
-  const uint64_t old_bytes = t->bytes();
-  t->entries = std::move(entries);
-  t->dirty_sectors = std::move(dirty);
-  t->latch.reset();
-  cache_.account(t, old_bytes);
-  sanitize_loaded(t);
   latch->cv.notify_all();
-  t->pins++;  // keep it while making room for it
-  cache_.evict_over_budget();
-  t->pins--;
+  room_cv_.notify_all();
+  if (!s.is_ok())
+    return s;
   return t;
 }
 
@@ -199,9 +241,9 @@ CachedTable *Metadata::create_table(uint64_t l1_index) {
   const uint64_t off = file_end_;
   // Everything that allocates comes before anything changes.
   auto table = std::make_unique<CachedTable>(off);
+  table->dirty_sectors.assign(sectors_for(geo_.l2_entries_used(l1_index)), false);
   table->entries = cache_.take_buffer(geo_.l2_entries_used(l1_index));
   std::fill(table->entries.begin(), table->entries.end(), kEntryUnallocated);
-  table->dirty_sectors.assign(sectors_for(table->entries.size()), false);
   session_tables_.insert(off);
   CachedTable *t = cache_.insert(std::move(table));
   // The reserved space reads as zeroes, so the table needs no write until an
@@ -216,9 +258,10 @@ void Metadata::set_entry(CachedTable *t, uint64_t index, uint64_t value) {
   t->entries[index] = value;
   const uint64_t sector = index / kEntriesPerSector;
   if (!t->dirty_sectors[sector]) {
-    t->dirty_sectors[sector] = true;
-    t->dirty_count++;
-    dirty_bytes_ += 512;
+    cache_.update(t, [&] {
+      t->dirty_sectors[sector] = true;
+      t->dirty_count++;
+    });
   }
   if (!t->dirty_hook.is_linked())
     dirty_tables_.push_back(*t);
@@ -303,10 +346,19 @@ Result<CachedTable *> Metadata::table_for_write(std::unique_lock<std::mutex> &lo
   if (!writable_)
     return Status::read_only(file_.name() + ": image is open read-only");
   const uint64_t l1_index = geo_.l1_index(pos);
-  auto got = get_table(lock, l1_index);
-  if (!got)
-    return got.status();
-  return *got ? *got : create_table(l1_index);
+  for (;;) {
+    auto got = get_table(lock, l1_index);
+    if (!got)
+      return got.status();
+    if (*got)
+      return *got;
+    auto released = make_room(lock, cache_.table_charge(), false);
+    if (!released)
+      return released.status();
+    if (!*released)
+      return create_table(l1_index);
+    // Another request may have created it meanwhile: look again.
+  }
 }
 
 bool Metadata::wait_for_inflight(std::unique_lock<std::mutex> &lock, uint64_t cluster) {
@@ -371,16 +423,28 @@ Result<WritePlan> Metadata::plan_write(uint64_t pos, uint64_t len) {
 
 Status Metadata::commit(Allocation &a) {
   std::unique_lock lock(mu_);
-  // The table may have been evicted meanwhile: reloading it can fail (or
-  // throw); the Allocation then still gives the clusters back.
-  auto t = get_table(lock, geo_.l1_index(a.virtual_offset));
-  if (!t)
-    return t.status();
-  if (*t == nullptr)
-    return Status::corruption("L2 table vanished during an allocation");
+  CachedTable *t;
+  for (;;) {
+    // The table may have been evicted meanwhile: reloading it, or making room
+    // to change it, can fail (or throw); the Allocation then still gives the
+    // clusters back.
+    auto got = get_table(lock, geo_.l1_index(a.virtual_offset));
+    if (!got)
+      return got.status();
+    if (*got == nullptr)
+      return Status::corruption("L2 table vanished during an allocation");
+    auto released = make_room_to_dirty(lock, *got);
+    if (!released)
+      return released.status();
+    if (!*released) {
+      t = *got;
+      break;
+    }
+  }
   const uint64_t first = geo_.l2_index(a.virtual_offset);
   for (uint64_t i = 0; i < a.clusters; i++)
-    set_entry(*t, first + i, a.host_offset + i * geo_.cluster_size());
+    set_entry(t, first + i, a.host_offset + i * geo_.cluster_size());
+  cache_.evict_over_budget();  // for the copy it now reserves
   remove_inflight(*a.record_);
   a.owner_ = nullptr;
   return Status::ok();
@@ -456,6 +520,11 @@ Result<uint64_t> Metadata::mark_zero(uint64_t pos, uint64_t clusters) {
     const uint64_t cluster = pos >> geo_.cluster_bits();
     if (wait_for_inflight(lock, cluster))
       continue;
+    auto released = make_room_to_dirty(lock, t);
+    if (!released)
+      return released.status();
+    if (*released)
+      continue;
     const uint64_t want = std::min({clusters, uint64_t(t->entries.size() - first),
                                     next_inflight_start(cluster) - cluster});
     uint64_t n = 0;
@@ -466,61 +535,69 @@ Result<uint64_t> Metadata::mark_zero(uint64_t pos, uint64_t clusters) {
       if (t->entries[first + n] != kEntryZero)
         set_entry(t, first + n, kEntryZero);
     }
+    cache_.evict_over_budget();  // for the copy it may now reserve
     return n;
   }
 }
+
+namespace {
+
+// Appends a piece for each run of set bits in `dirty` (512-byte sectors of
+// `entries`, a table at `table_offset`), encoding the entries at `out`, which
+// has room for all of them. Returns the end of what it encoded.
+uint8_t *encode_dirty_runs(const std::vector<bool> &dirty, std::span<const uint64_t> entries,
+                           uint64_t table_offset, CachedTable *table, uint8_t *out,
+                           std::vector<Writeback::Piece> &pieces) {
+  const uint64_t sectors = dirty.size();
+  for (uint64_t s = 0; s < sectors;) {
+    if (!dirty[s]) {
+      s++;
+      continue;
+    }
+    uint64_t e = s;
+    while (e < sectors && dirty[e])
+      e++;
+    const uint64_t first = s * kEntriesPerSector;
+    const uint64_t count =
+        std::min<uint64_t>((e - s) * kEntriesPerSector, entries.size() - first);
+    for (uint64_t i = 0; i < count; i++)
+      store_le64(out + i * 8, entries[first + i]);
+    pieces.push_back({table_offset + first * 8, out, count * 8, table, s, e - s});
+    out += count * 8;
+    s = e;
+  }
+  return out;
+}
+
+}  // namespace
 
 Writeback Metadata::take_dirty() {
   std::lock_guard lock(mu_);
   Writeback w;
   // First encode everything (this allocates and may throw); only then change
-  // any state, with operations that cannot fail.
+  // any state, with operations that cannot fail. Each table's copy takes a
+  // buffer of the cache's pool, which the table's reserve covers (l2_cache.h).
   for (CachedTable &t : dirty_tables_) {
     session_tables_.insert(t.offset);
-    const uint64_t sectors = t.dirty_sectors.size();
-    for (uint64_t s = 0; s < sectors;) {
-      if (!t.dirty_sectors[s]) {
-        s++;
-        continue;
-      }
-      uint64_t e = s;
-      while (e < sectors && t.dirty_sectors[e])
-        e++;
-      const uint64_t first = s * kEntriesPerSector;
-      const uint64_t count = std::min<uint64_t>((e - s) * kEntriesPerSector,
-                                                t.entries.size() - first);
-      w.tables.push_back({t.offset + first * 8,
-                          encode_entries({t.entries.data() + first, count}), &t, s, e - s});
-      s = e;
-    }
+    w.copies.push_back(cache_.pool().take(t.entries.size()));
+    auto *out = reinterpret_cast<uint8_t *>(w.copies.back().data());
+    encode_dirty_runs(t.dirty_sectors, t.entries.span(), t.offset, &t, out, w.tables);
   }
-  const uint64_t l1_sectors = l1_dirty_sectors_.size();
-  for (uint64_t s = 0; s < l1_sectors;) {
-    if (!l1_dirty_sectors_[s]) {
-      s++;
-      continue;
-    }
-    uint64_t e = s;
-    while (e < l1_sectors && l1_dirty_sectors_[e])
-      e++;
-    const uint64_t first = s * kEntriesPerSector;
-    const uint64_t count = std::min<uint64_t>((e - s) * kEntriesPerSector, l1_.size() - first);
-    w.l1.push_back({l1_offset_ + first * 8, encode_entries({l1_.data() + first, count}),
-                    nullptr, s, e - s});
-    s = e;
-  }
-  // Nothing below allocates.
+  w.l1_bytes.resize(512 * uint64_t(std::count(l1_dirty_sectors_.begin(), l1_dirty_sectors_.end(), true)));
+  encode_dirty_runs(l1_dirty_sectors_, l1_, l1_offset_, nullptr, w.l1_bytes.data(), w.l1);
+  // Nothing below allocates. Each table's reserve now covers its copy.
   for (Writeback::Piece &p : w.tables) {
-    for (uint64_t s = p.first_sector; s < p.first_sector + p.sectors; s++)
-      p.table->dirty_sectors[s] = false;
-    p.table->dirty_count = 0;
-    p.table->pins++;
+    cache_.update(p.table, [&] {
+      for (uint64_t s = p.first_sector; s < p.first_sector + p.sectors; s++)
+        p.table->dirty_sectors[s] = false;
+      p.table->dirty_count = 0;
+      p.table->pins++;
+    });
   }
   dirty_tables_.clear();
   for (Writeback::Piece &p : w.l1)
     for (uint64_t s = p.first_sector; s < p.first_sector + p.sectors; s++)
       l1_dirty_sectors_[s] = false;
-  dirty_bytes_ = 0;
   w.file_end = file_end_;
   w.sync_before_entries = cut_back_since_writeback_;
   cut_back_since_writeback_ = false;
@@ -531,31 +608,37 @@ void Metadata::finish_writeback(Writeback &w, bool written) noexcept {
   std::lock_guard lock(mu_);
   if (!written && w.sync_before_entries)
     cut_back_since_writeback_ = true;
+  // A table written back gives its reserve back. One that was not is dirty
+  // again, with the same charge: its reserve is for the next copy.
   for (Writeback::Piece &p : w.tables) {
     CachedTable *t = p.table;
-    t->pins--;
-    if (written)
-      continue;
-    for (uint64_t s = p.first_sector; s < p.first_sector + p.sectors; s++) {
-      if (!t->dirty_sectors[s]) {
-        t->dirty_sectors[s] = true;
-        t->dirty_count++;
-        dirty_bytes_ += 512;
+    cache_.update(t, [&] {
+      t->pins--;
+      if (written)
+        return;
+      for (uint64_t s = p.first_sector; s < p.first_sector + p.sectors; s++) {
+        if (!t->dirty_sectors[s]) {
+          t->dirty_sectors[s] = true;
+          t->dirty_count++;
+        }
       }
-    }
-    if (!t->dirty_hook.is_linked())
+    });
+    if (!written && !t->dirty_hook.is_linked())
       dirty_tables_.push_back(*t);
   }
   if (!written)
     for (Writeback::Piece &p : w.l1)
       for (uint64_t s = p.first_sector; s < p.first_sector + p.sectors; s++)
         l1_dirty_sectors_[s] = true;
+  // The copies go back to the pool as their reserves end.
+  w.copies.clear();
+  room_cv_.notify_all();
   cache_.evict_over_budget();
 }
 
-uint64_t Metadata::dirty_bytes() {
+uint64_t Metadata::changes_bytes() {
   std::lock_guard lock(mu_);
-  return dirty_bytes_;
+  return cache_.held_by_changes();
 }
 
 uint64_t Metadata::file_end() {
@@ -566,6 +649,10 @@ uint64_t Metadata::file_end() {
 uint64_t Metadata::cache_bytes() {
   std::lock_guard lock(mu_);
   return cache_.bytes();
+}
+
+Metadata::PoolUse Metadata::pool_use() {
+  return {cache_.pool().allocated(), cache_.pool().buffer_bytes()};  // the pool locks itself
 }
 
 }  // namespace qed

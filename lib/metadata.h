@@ -18,6 +18,16 @@
 // to Image::flush(), which orders the writes (see the protocol at the top of
 // image_write.cpp).
 //
+// Memory. The cache's budget (cache_budget(): the cache-size the user gave,
+// or minimum_cache_bytes() if that is more) bounds every table in memory:
+// clean, loading, dirty or being written back, with the copies write-backs
+// make (see l2_cache.h for what each is charged). Before a table is loaded,
+// created or dirtied, make_room() waits until the cache can hold it: for
+// loads to finish, for a write-back to end, or it writes the changes back
+// itself (write_back: Image's flush without its final sync) when they are
+// what takes the room. Changes may hold at most half of the budget, so that reads always
+// find room, even after a failed flush left changes that cannot be written.
+//
 // Failures. Every method leaves the state as it was when it fails, whether by
 // a Status or by an exception (std::bad_alloc): memory is allocated before
 // anything changes, and reservations end on every path (Allocation).
@@ -25,6 +35,7 @@
 
 #include <boost/intrusive/set.hpp>
 #include <condition_variable>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <unordered_set>
@@ -91,12 +102,17 @@ struct WritePlan {
 struct Writeback {
   struct Piece {
     uint64_t file_offset;
-    std::vector<uint8_t> bytes;
+    const uint8_t *bytes;            // in `copies` or `l1_bytes`
+    size_t count;
     CachedTable *table;              // null for L1 pieces
     uint64_t first_sector, sectors;  // to re-mark if the write fails
   };
   std::vector<Piece> tables;
   std::vector<Piece> l1;
+  // The encoded entries: a buffer of the cache's pool for each table (given
+  // back by finish_writeback()), and room for the whole L1 table.
+  std::vector<TableBuffer> copies;
+  std::vector<uint8_t> l1_bytes;
   uint64_t file_end = 0;  // the file must reach this before tables point into it
   // Space given back by a failed allocation was cut off the file and is being
   // handed out again: that must be durable before an entry points into it, or
@@ -120,10 +136,22 @@ struct MetadataConfig {
   bool lenient;            // invalid entries read as unallocated (dirty, read-only)
 };
 
+// The smallest cache budget an image of this geometry is served with: room
+// for one changed table (the table and its copy) beside one table loading
+// (the table and its reserve), at the size of its largest table. A smaller
+// cache-size is raised to it (Image::cache_budget(); the front ends log it).
+uint64_t minimum_cache_bytes(const Geometry &geometry);
+
+// Writes every change back to the file, as a flush does (durable or not).
+// Called without mu_ held.
+using WriteBack = std::function<Status()>;
+
 class Metadata {
 public:
   // `l1` holds geometry.l1_entries_used() entries read from the file.
-  Metadata(File &file, const MetadataConfig &config, std::vector<uint64_t> l1);
+  // `write_back` is how make_room() gets changes out of memory.
+  Metadata(File &file, const MetadataConfig &config, std::vector<uint64_t> l1,
+           WriteBack write_back);
   ~Metadata();
 
   // The longest run at `pos` (at most `len` bytes) of one kind; data runs are
@@ -154,14 +182,31 @@ public:
   // Whether a failed allocation left clusters that nothing references below
   // others that are in use (only the consistency check can give them back).
   bool has_interior_leaks();
-  uint64_t dirty_bytes();
+  // What changes not yet written hold of the budget (L2Cache::held_by_changes).
+  uint64_t changes_bytes();
   uint64_t file_end();
+  // What the cache is charged now (L2Cache::bytes), and its budget.
   uint64_t cache_bytes();
+  uint64_t cache_budget() const { return cache_budget_; }
+  // The buffers the cache's pool has allocated: the most its tables and
+  // their copies ever used at once, and their size.
+  struct PoolUse {
+    uint64_t buffers;
+    uint64_t buffer_bytes;
+  };
+  PoolUse pool_use();
 
 private:
   using InflightSet =
       bi::set<Inflight, bi::compare<InflightLess>, bi::constant_time_size<false>>;
 
+  // Waits until the cache can hold `need` bytes more (within half of the
+  // budget when `dirtying`), writing changes back when they take the room.
+  // Returns whether mu_ was released meanwhile: tables may then have gone,
+  // and the caller must look them up again.
+  Result<bool> make_room(std::unique_lock<std::mutex> &lock, uint64_t need, bool dirtying);
+  // make_room() for dirtying `t` (nothing when it is dirty already).
+  Result<bool> make_room_to_dirty(std::unique_lock<std::mutex> &lock, CachedTable *t);
   Result<CachedTable *> get_table(std::unique_lock<std::mutex> &lock, uint64_t l1_index);
   Result<CachedTable *> load_table(std::unique_lock<std::mutex> &lock, uint64_t l1_index,
                                    uint64_t table_offset);
@@ -192,16 +237,19 @@ private:
   const uint64_t open_file_size_;  // entries reaching past it are crash traces
   const bool writable_;
   const bool lenient_;
+  const uint64_t cache_budget_;
+  const WriteBack write_back_;
 
   std::mutex mu_;
   std::vector<uint64_t> l1_;              // guarded by mu_
   std::vector<bool> l1_dirty_sectors_;    // guarded by mu_
   L2Cache cache_;                         // guarded by mu_
+  // Signalled whenever the cache holds less: a load ended, a write-back ended.
+  std::condition_variable room_cv_;       // waited on with mu_
   bi::list<CachedTable,
            bi::member_hook<CachedTable, DirtyHook, &CachedTable::dirty_hook>,
            bi::constant_time_size<false>>
       dirty_tables_;                      // guarded by mu_
-  uint64_t dirty_bytes_ = 0;              // guarded by mu_ (approximate)
   uint64_t file_end_;                     // guarded by mu_: next cluster to allocate
   InflightSet inflight_;                  // guarded by mu_
   // Tables written by this process; their entries past open_file_size_ are

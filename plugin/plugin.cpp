@@ -14,6 +14,7 @@
 #include <memory>
 #include <mutex>
 
+#include "budget_log.h"
 #include "check_log.h"
 #include "config.h"
 #include "create.h"
@@ -81,6 +82,7 @@ int open_served(bool read_only) {
   served = std::move(*image);
   served_writable = !read_only;
   log_check(*served);
+  qed_nbdkit::log_cache_budgets(*served, "cache-size");
   return 0;
 }
 

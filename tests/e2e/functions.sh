@@ -40,10 +40,11 @@ export PATH="/usr/bin:/bin:$PATH"
 export LIBNBD_DEBUG=${LIBNBD_DEBUG:-0}
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/qed-e2e.XXXXXX")
+_ram_dirs=()
 _cleanup() {
   local rc=$?
   cd /
-  rm -rf -- "$tmp"
+  rm -rf -- "$tmp" "${_ram_dirs[@]}"
   exit "$rc"
 }
 trap _cleanup EXIT
@@ -396,6 +397,31 @@ with open(path, "rb") as f:
     f.seek(off)
     print(int.from_bytes(f.read(size), "little"))
 PY
+}
+
+# ram_dir VAR: sets VAR to a new private directory on tmpfs (/dev/shm) when there
+# is one, else under $tmp; removed on exit like $tmp.  For images that see many
+# flushes in tests that do not measure the disk: syncs cost nothing there.  Keep
+# what is written there small: it is memory.
+ram_dir() {
+  local -n _dir=$1
+  _dir=$(mktemp -d /dev/shm/qed-e2e.XXXXXX 2>/dev/null) || _dir=$(mktemp -d "$tmp/ram.XXXXXX")
+  _ram_dirs+=("$_dir")
+}
+
+# Peak memory of a server.  Under --run nbdkit serves from a child process, so the
+# command's shell is not its child: serve with -P "$peak_pidfile" among the
+# arguments and CMD wrapped by peak_rss_run; afterwards peak_rss_kib prints the
+# server's peak resident memory (VmHWM, KiB), read just before it was stopped.
+peak_pidfile="$tmp/nbdkit.pid"
+peak_rss_run() {
+  printf '%s && awk '"'"'/^VmHWM:/ { print $2 }'"'"' "/proc/$(cat %q)/status" >%q' \
+    "$1" "$peak_pidfile" "$tmp/peak_rss"
+}
+peak_rss_kib() {
+  [[ -s $tmp/peak_rss ]] || fail "no peak memory was recorded"
+  cat "$tmp/peak_rss"
+  rm -f "$tmp/peak_rss" "$peak_pidfile"
 }
 
 # ---- Front ends -----------------------------------------------------------------

@@ -20,9 +20,11 @@ using qed::Status;
 
 namespace {
 
-std::unique_ptr<CachedTable> table(uint64_t offset, size_t entries) {
+// A table of `entries` entries whose buffer comes from the cache's pool.
+std::unique_ptr<CachedTable> table(L2Cache &cache, uint64_t offset, size_t entries) {
   auto t = std::make_unique<CachedTable>(offset);
-  t->entries.assign(entries, 0);
+  t->entries = cache.pool().take(entries);
+  std::fill(t->entries.begin(), t->entries.end(), 0);
   t->dirty_sectors.assign((entries + 63) / 64, false);
   return t;
 }
@@ -82,57 +84,117 @@ void touch(qed::Image &img, uint64_t i) {
 
 TEST_SUITE_BEGIN("l2cache");
 
-TEST_CASE("L2Cache evicts the least recently used clean table") {
-  L2Cache cache(2 * 800);  // two tables of 100 entries
-  CachedTable *a = cache.insert(table(1 << 20, 100));
-  CachedTable *b = cache.insert(table(2 << 20, 100));
-  CHECK(cache.count() == 2);
-  CHECK(cache.bytes() == 1600);
-  CHECK(cache.find(1 << 20) == a);  // A becomes the most recent
-  CachedTable *c = cache.insert(table(3 << 20, 100));
-  CHECK(cache.count() == 2);
-  CHECK(cache.bytes() == 1600);
-  CHECK(cache.find(2 << 20) == nullptr);  // B went, not A
-  CHECK(cache.find(1 << 20) == a);
-  CHECK(cache.find(3 << 20) == c);
-  (void)b;
-  // The finds above used A, then C: A is now the least recent, so D evicts A.
-  cache.insert(table(4 << 20, 100));
-  CHECK(cache.find(1 << 20) == nullptr);
-  CHECK(cache.find(3 << 20) == c);
+TEST_CASE("TablePool hands out the buffers given back before it allocates") {
+  qed::TablePool pool(100);
+  CHECK(pool.buffer_bytes() == 800);
+  {
+    qed::TableBuffer a = pool.take(100), b = pool.take(40);
+    CHECK(a.size() == 100);
+    CHECK(b.size() == 40);
+    CHECK(b.capacity() == 100);
+    b.resize(1000);  // never past the buffer
+    CHECK(b.size() == 100);
+    CHECK(pool.allocated() == 2);
+    const uint64_t *was = a.data();
+    a.reset();
+    qed::TableBuffer c = pool.take(7);
+    CHECK(c.data() == was);
+    qed::TableBuffer d = std::move(c);  // the buffer moves, and goes back once
+    CHECK(c.empty());
+    CHECK(d.data() == was);
+  }
+  // Every buffer back: taking them all again allocates nothing.
+  qed::TableBuffer x = pool.take(1), y = pool.take(1);
+  CHECK(pool.allocated() == 2);
+  qed::TableBuffer z = pool.take(1);
+  CHECK(pool.allocated() == 3);
 }
 
-TEST_CASE("L2Cache keeps dirty, pinned and loading tables over budget") {
-  L2Cache cache(800);
-  CachedTable *a = cache.insert(table(1 << 20, 100));
-  a->dirty_sectors[0] = true;
-  a->dirty_count = 1;
-  auto cp = table(3 << 20, 100);
-  cp->pins = 1;
-  CachedTable *c = cache.insert(std::move(cp));
-  auto lp = table(4 << 20, 0);
+TEST_CASE("L2Cache evicts the least recently used clean table") {
+  const uint64_t c = L2Cache::charge_for(100);
+  L2Cache cache(2 * c, 100);  // two tables of 100 entries
+  CachedTable *a = cache.insert(table(cache, 1 << 20, 100));
+  CachedTable *b = cache.insert(table(cache, 2 << 20, 100));
+  CHECK(cache.count() == 2);
+  CHECK(cache.bytes() == 2 * c);
+  CHECK(cache.held() == 0);
+  CHECK(cache.find(1 << 20) == a);  // A becomes the most recent
+  CachedTable *t3 = cache.insert(table(cache, 3 << 20, 100));
+  CHECK(cache.count() == 2);
+  CHECK(cache.bytes() == 2 * c);
+  CHECK(cache.find(2 << 20) == nullptr);  // B went, not A
+  CHECK(cache.find(1 << 20) == a);
+  CHECK(cache.find(3 << 20) == t3);
+  (void)b;
+  // The finds above used A, then C: A is now the least recent, so D evicts A.
+  cache.insert(table(cache, 4 << 20, 100));
+  CHECK(cache.find(1 << 20) == nullptr);
+  CHECK(cache.find(3 << 20) == t3);
+  // Evicted tables gave their buffers back: the pool made no more than the
+  // most in use at once (three: the new table's buffer is taken before the
+  // insertion evicts).
+  CHECK(cache.pool().allocated() == 3);
+}
+
+TEST_CASE("L2Cache charges dirty, written-back and loading tables a reserve, and keeps them") {
+  // Each is charged its table and a reserve as large (the copy a write-back
+  // makes, or what a load may make dirty); none can be evicted.
+  const uint64_t c = L2Cache::charge_for(100);
+  L2Cache cache(4 * c, 100);
+  CachedTable *a = cache.insert(table(cache, 1 << 20, 100));
+  CHECK(cache.bytes() == c);
+  CHECK(cache.held() == 0);
+  CHECK(cache.cost_to_dirty(*a) == 2 * c);
+  cache.update(a, [&] {
+    a->dirty_sectors[0] = true;
+    a->dirty_count = 1;
+  });
+  CHECK(cache.bytes() == 2 * c);
+  CHECK(cache.held() == 2 * c);
+  CHECK(cache.held_by_changes() == 2 * c);
+  CHECK(cache.cost_to_dirty(*a) == 0);
+  // Being written back: the reserve now stands for the copy.
+  cache.update(a, [&] {
+    a->dirty_sectors[0] = false;
+    a->dirty_count = 0;
+    a->pins++;
+  });
+  CHECK(cache.held() == 2 * c);
+  CHECK(cache.held_by_changes() == 2 * c);
+  // Changed again while it is written back: a second reserve, for the next copy.
+  CHECK(cache.cost_to_dirty(*a) == c);
+  cache.update(a, [&] {
+    a->dirty_sectors[1] = true;
+    a->dirty_count = 1;
+  });
+  CHECK(cache.bytes() == 3 * c);
+  CHECK(cache.held() == 3 * c);
+  // A loading table, beside it.
+  auto lp = table(cache, 4 << 20, 100);
   lp->latch = std::make_shared<qed::LoadLatch>();
   CachedTable *l = cache.insert(std::move(lp));
+  CHECK(cache.bytes() == 5 * c);  // over budget: nothing could go
+  CHECK(cache.held() == 5 * c);
+  CHECK(cache.held_by_changes() == 3 * c);
   CHECK(cache.find(1 << 20) == a);
-  CHECK(cache.find(3 << 20) == c);
   CHECK(cache.find(4 << 20) == l);
-  CHECK(cache.bytes() == 1600);  // over budget: nothing could go
-  // Once clean and unpinned they go, oldest first, down to the budget.
-  a->dirty_sectors[0] = false;
-  a->dirty_count = 0;
-  c->pins = 0;
-  cache.evict_over_budget();
-  CHECK(cache.bytes() <= 800);
-  CHECK(cache.find(1 << 20) == nullptr);  // A was older than C
-  CHECK(cache.find(3 << 20) == c);
-  // account() follows a table's size.
-  l->latch.reset();
-  const uint64_t old = l->bytes();
-  l->entries.assign(50, 0);
-  cache.account(l, old);
-  CHECK(cache.bytes() == 800 + 400);
-  cache.evict_over_budget();
-  CHECK(cache.bytes() <= 800);
+  // Loaded, written back: clean and idle, each charged its table only.
+  cache.update(l, [&] { l->latch.reset(); });
+  cache.update(a, [&] {
+    a->pins--;
+    a->dirty_sectors[1] = false;
+    a->dirty_count = 0;
+  });
+  CHECK(cache.bytes() == 2 * c);
+  CHECK(cache.held() == 0);
+  CHECK(cache.held_by_changes() == 0);
+  // A new table evicts the oldest: A was used before L.
+  cache.insert(table(cache, 5 << 20, 100));
+  cache.insert(table(cache, 6 << 20, 100));
+  cache.insert(table(cache, 7 << 20, 100));
+  CHECK(cache.find(1 << 20) == nullptr);
+  CHECK(cache.find(4 << 20) == l);
+  CHECK(cache.bytes() == 4 * c);
 }
 
 TEST_CASE("L2Cache::insert returns a table that is still in the cache") {
@@ -140,54 +202,63 @@ TEST_CASE("L2Cache::insert returns a table that is still in the cache") {
   // evicts the table it was given (it is clean, unpinned and not yet marked
   // as loading) and returns a dangling pointer. Metadata::create_table() and
   // Metadata::load_table() use that pointer right away.
-  L2Cache cache(800);
-  CachedTable *a = cache.insert(table(1 << 20, 100));
-  a->dirty_sectors[0] = true;
-  a->dirty_count = 1;
-  CachedTable *b = cache.insert(table(2 << 20, 100));
+  const uint64_t c = L2Cache::charge_for(100);
+  L2Cache cache(2 * c, 100);
+  CachedTable *a = cache.insert(table(cache, 1 << 20, 100));
+  cache.update(a, [&] {
+    a->dirty_sectors[0] = true;
+    a->dirty_count = 1;
+  });
+  CachedTable *b = cache.insert(table(cache, 2 << 20, 100));
   CHECK(cache.find(2 << 20) == b);
   CHECK(cache.find(2 << 20) != nullptr);
 }
 
 TEST_CASE("L2Cache rehashes as it grows") {
-  L2Cache cache(1ull << 40);
+  L2Cache cache(1ull << 40, 1);
   std::vector<CachedTable *> ts;
   for (uint64_t i = 0; i < 1000; i++)
-    ts.push_back(cache.insert(table((i + 1) * 4096, 1)));
+    ts.push_back(cache.insert(table(cache, (i + 1) * 4096, 1)));
   CHECK(cache.count() == 1000);
   for (uint64_t i = 0; i < 1000; i++)
     CHECK(cache.find((i + 1) * 4096) == ts[i]);
   cache.erase(ts[10]);
   CHECK(cache.find(11 * 4096) == nullptr);
   CHECK(cache.count() == 999);
-  CHECK(cache.bytes() == 999 * 8);
+  CHECK(cache.bytes() == 999 * L2Cache::charge_for(1));
 }
 
-TEST_CASE("Image: touching A, B, A, then C evicts B, not A") {
+TEST_CASE("Image: touching A, B, C, A, then D evicts B, not A") {
+  // The smallest budget: room for two tables beside one loading (twice its
+  // size), so three stay.
   qt::TempDir dir;
   qt::MemImage m = qt::MemImage::create(dir, "lru.qed", 8 * kSpan, kCs, kTs);
   const auto off = build_tables(m, 4);
   Counted c = open_counted(m, [] {
     qed::OpenOptions o;
-    o.cache_bytes = 2 * kTableBytes;
+    o.cache_bytes = 4 * L2Cache::charge_for(kTableBytes / 8);
     return o;
   }());
   qed::Image &img = *c.img;
-  const uint64_t A = off[0], B = off[1], C = off[2];
+  const uint64_t A = off[0], B = off[1], C = off[2], D = off[3];
   touch(img, 0);
   touch(img, 1);
+  touch(img, 2);
   CHECK(c.reads_at(A) == 1);
   CHECK(c.reads_at(B) == 1);
+  CHECK(c.reads_at(C) == 1);
   touch(img, 0);
   CHECK(c.reads_at(A) == 1);  // a hit
-  touch(img, 2);
-  CHECK(c.reads_at(C) == 1);
+  touch(img, 3);
+  CHECK(c.reads_at(D) == 1);
   touch(img, 0);
   CHECK(c.reads_at(A) == 1);  // A survived
   touch(img, 1);
-  CHECK(c.reads_at(B) == 2);  // B had gone; this evicts C (A was used later)
+  CHECK(c.reads_at(B) == 2);  // B had gone; this evicts C (A and D were used later)
   touch(img, 0);
   CHECK(c.reads_at(A) == 1);
+  touch(img, 3);
+  CHECK(c.reads_at(D) == 1);
   touch(img, 2);
   CHECK(c.reads_at(C) == 2);
 }
@@ -212,11 +283,18 @@ TEST_CASE("Metadata follows an LRU model and stays within its byte budget") {
   qt::CountingFile file(m.mem, shared);
   std::vector<uint64_t> l1(geo.l1_entries_used());
   REQUIRE(qed::read_table_entries(file, h.l1_table_offset, l1).is_ok());
-  const uint64_t budget = 3 * kTableBytes + kTableBytes / 2;
+  // Every table is charged a whole buffer of the pool, the last one too; a
+  // loading table twice that.
+  const uint64_t charge = L2Cache::charge_for(geo.l2_entries_used(0));
+  const uint64_t budget = 5 * charge + charge / 2;
   for (bool writable : {false, true}) {
     CAPTURE(writable);
     qed::MetadataConfig cfg{geo, h.l1_table_offset, header_bytes.size(), budget, writable, false};
-    qed::Metadata meta(file, cfg, l1);
+    qed::Metadata meta(file, cfg, l1, [] {
+      FAIL("a write-back, with nothing changed");
+      return Status::ok();
+    });
+    CHECK(meta.cache_budget() == budget);
     // The reference: an LRU list of (table, bytes).
     std::list<std::pair<uint64_t, uint64_t>> lru;  // front: least recent
     uint64_t model_bytes = 0;
@@ -228,18 +306,19 @@ TEST_CASE("Metadata follows an LRU model and stays within its byte budget") {
     qt::Rng r(11 + writable);
     for (int step = 0; step < 300; step++) {
       const uint64_t i = r.below(9);
-      const uint64_t bytes = geo.l2_entries_used(i) * 8;
+      const uint64_t bytes = charge;
       auto it = std::find_if(lru.begin(), lru.end(), [&](auto &p) { return p.first == i; });
       if (it != lru.end()) {
         lru.splice(lru.end(), lru, it);
       } else {
         expected_reads[off[i]]++;
-        lru.emplace_back(i, bytes);
-        model_bytes += bytes;
-        while (model_bytes > budget && lru.front().first != i) {
+        // Room for the table while it loads, then it stays.
+        while (model_bytes + 2 * bytes > budget) {
           model_bytes -= lru.front().second;
           lru.pop_front();
         }
+        lru.emplace_back(i, bytes);
+        model_bytes += bytes;
       }
       auto run = meta.lookup(i * kSpan + 3 * kCs, 100);
       REQUIRE(run.is_ok());
@@ -255,13 +334,20 @@ TEST_CASE("Metadata follows an LRU model and stays within its byte budget") {
   }
 }
 
-TEST_CASE("a budget smaller than one table keeps just the table in use") {
+TEST_CASE("a budget below four tables is raised to four tables") {
   qt::TempDir dir;
   qt::MemImage m = qt::MemImage::create(dir, "tiny.qed", 4 * kSpan, kCs, kTs);
   const auto off = build_tables(m, 4);
   qed::OpenOptions o;
   o.cache_bytes = 100;
   Counted c = open_counted(m, o);
+  const auto budgets = c.img->cache_budgets();
+  REQUIRE(budgets.size() == 1);
+  CHECK(budgets[0].requested == 100);
+  CHECK(budgets[0].table == L2Cache::charge_for(512));
+  CHECK(budgets[0].budget == 4 * L2Cache::charge_for(512));
+  // Room for a table loading beside two others: touching four in turn misses
+  // every time, and a table just used stays for the next request.
   for (int round = 0; round < 3; round++)
     for (uint64_t i = 0; i < 4; i++) {
       touch(*c.img, i);
