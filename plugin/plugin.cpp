@@ -4,7 +4,7 @@
 // One Image serves every connection. It is opened read-only in .get_ready (so
 // a bad image stops nbdkit at start-up with a clear message) and reopened
 // read-write by the first connection that may write (.open tells us whether
-// nbdkit runs with -r). Image is thread-safe, hence THREAD_MODEL PARALLEL and
+// nbdkit runs with -r); if that reopen fails, the next connection tries again. Image is thread-safe, hence THREAD_MODEL PARALLEL and
 // can_multi_conn: flush covers every connection's writes.
 #define NBDKIT_API_VERSION 2
 #include <nbdkit-plugin.h>
@@ -117,16 +117,18 @@ void qed_cleanup() {
   });
 }
 
+// A client that may write needs the read-write instance. When opening it
+// failed (the NBD server of a backing file was down, say), nothing is served
+// and the next client tries again: one failure must not outlive its cause.
 void *qed_open(int readonly) {
   Handle *h = nullptr;
   guarded([&] {
     std::lock_guard lock(served_mu);
-    if (!readonly && !served_writable) {
-      if (!served)
-        return report(qed::Status::io_error("image is not open", EIO));
+    if (!served || (!readonly && !served_writable)) {
       // Drop the read-only instance first: the file must have one owner.
       served.reset();
-      if (open_served(false) == -1)
+      served_writable = false;
+      if (open_served(readonly) == -1)
         return -1;
     }
     h = new Handle{served};

@@ -54,7 +54,7 @@ _stop_bases() {
     kill -KILL "${_base_pid[$name]}" 2>/dev/null || true
   done
 }
-trap '_nbd_rc=$?; _stop_bases; (exit $_nbd_rc); _cleanup' EXIT
+trap '_nbd_rc=$?; _stop_bases; _cleanup "$_nbd_rc"' EXIT
 
 # sparse_base FILE SIZE "OFFSET-MiB COUNT-MiB"...: a sparse file of SIZE bytes with
 # random data in the given MiB ranges and holes elsewhere.
