@@ -19,8 +19,6 @@ namespace {
 // NBD commands carry 32-bit lengths; without a limit from the server, 32 MiB
 // is what every server accepts (the NBD protocol's advice).
 constexpr uint32_t kDefaultMaxRequest = 32u << 20;
-// Block status asks about at most this much at a time.
-constexpr uint64_t kMaxStatusRequest = 1u << 30;
 
 // What libnbd said about the last failure on this thread.
 std::string libnbd_error() {
@@ -48,8 +46,7 @@ struct NbdFile::Command {
   uint64_t offset = 0;
   int64_t cookie = 0;
   bool done = false;
-  // Block status replies: (length, flags) pairs from `offset` on.
-  std::vector<std::pair<uint32_t, uint32_t>> extents;
+  StatusReply *reply = nullptr;  // block status: where the extents go
 };
 
 NbdFile::~NbdFile() = default;
@@ -230,6 +227,8 @@ void NbdFile::drop_idle() {
     std::lock_guard lock(mu_);
     dead.swap(idle_);
   }
+  // The server went away: the one that comes back may serve other content.
+  status_.clear();
   // Closed here, outside the lock: nbd_close may wait for the socket.
 }
 
@@ -237,14 +236,14 @@ void NbdFile::drop_idle() {
 
 namespace {
 
-// Block status replies: the command is the callback's data.
+// Block status replies: the command's StatusReply is the callback's data.
 int collect_extents(void *user_data, const char *metacontext, uint64_t offset,
                     uint32_t *entries, size_t nr_entries, int *) {
   if (std::strcmp(metacontext, LIBNBD_CONTEXT_BASE_ALLOCATION) != 0)
     return 0;
-  auto *extents = static_cast<std::vector<std::pair<uint32_t, uint32_t>> *>(user_data);
+  auto *reply = static_cast<StatusReply *>(user_data);
   for (size_t i = 0; i + 1 < nr_entries; i += 2)
-    extents->emplace_back(entries[i], entries[i + 1]);
+    reply->add(entries[i], entries[i + 1] & LIBNBD_STATE_ZERO);
   (void)offset;  // always the command's offset
   return 0;
 }
@@ -265,7 +264,7 @@ Status NbdFile::run(Handle &handle, std::vector<Command> &commands, Clock::time_
     } else {
       nbd_extent_callback cb{};
       cb.callback = collect_extents;
-      cb.user_data = &c.extents;
+      cb.user_data = c.reply;
       c.cookie = nbd_aio_block_status(h, c.count, c.offset, cb, no_completion, 0);
     }
     if (c.cookie == -1) {
@@ -333,7 +332,8 @@ Status NbdFile::request(const char *what, uint64_t offset, std::vector<Command> 
     for (Command &c : commands) {
       c.cookie = 0;
       c.done = false;
-      c.extents.clear();
+      if (c.reply)
+        c.reply->reset();
     }
     Outcome outcome;
     Status s = run(conn->h, commands, deadline, outcome);
@@ -390,41 +390,30 @@ Result<qed::File::Run> NbdFile::probe_run(uint64_t offset, uint64_t limit) {
     return Run{true, limit};
   if (!block_status_ || limit == 0)
     return Run{false, limit};
-  // Ask about whole blocks from the one holding `offset`.
+  if (auto kept = status_.find(offset, limit))
+    return *kept;
+  // Ask about whole blocks from the one holding `offset`, as far as the
+  // window goes whatever `limit` is: callers walk on, and the reply answers
+  // their next probes.
   const uint64_t first = offset / min_block_ * min_block_;
-  uint64_t count = std::min(offset - first + limit, kMaxStatusRequest);
+  uint64_t count = std::max(status_.window(), offset - first + 1);
   count = std::min((count + min_block_ - 1) / min_block_ * min_block_,
                    (size_ - first) / min_block_ * min_block_);
+  count = std::min<uint64_t>(count, UINT32_MAX / min_block_ * min_block_);
   if (count == 0)  // the partial block at the end, which the server cannot answer for
     return Run{false, limit};
+  StatusReply reply(first, count);
   std::vector<Command> commands(1);
   commands[0].read = false;
   commands[0].count = uint32_t(count);
   commands[0].offset = first;
+  commands[0].reply = &reply;
   QED_RETURN_IF_ERROR(request("block status", offset, commands));
-  // The extent holding `offset`, and the ones after it of the same kind.
-  uint64_t pos = first;
-  bool found = false, zero = false;
-  uint64_t end = offset;
-  for (const auto &[length, flags] : commands[0].extents) {
-    const bool z = flags & LIBNBD_STATE_ZERO;
-    if (length == 0)
-      break;
-    const uint64_t next = pos + length;
-    if (!found && next > offset && pos <= offset) {
-      found = true;
-      zero = z;
-    } else if (found && z != zero) {
-      break;
-    }
-    if (found)
-      end = next;
-    pos = next;
-  }
+  status_.insert(std::move(reply));
+  if (auto answered = status_.find(offset, limit))
+    return *answered;
   // No answer for `offset`: call it data, which is always safe.
-  if (!found)
-    return Run{false, limit};
-  return Run{zero, std::min(end - offset, limit)};
+  return Run{false, limit};
 }
 
 }  // namespace qed_nbd

@@ -46,6 +46,7 @@
 
 #include "file.h"
 #include "status.h"
+#include "status_cache.h"
 
 struct nbd_handle;
 
@@ -80,7 +81,9 @@ public:
   qed::Status pread(void *buf, size_t count, uint64_t offset) override;
   qed::Result<uint64_t> size() override { return size_; }
   // From base:allocation: a hole is a run the server says reads as zeroes.
-  // Everything is data when the server has no block status.
+  // Everything is data when the server has no block status. Replies are
+  // kept (status_cache.h), so a walk over the export costs requests and
+  // extents linear in its extents.
   qed::Result<Run> probe_run(uint64_t offset, uint64_t limit) override;
 
   // The write side: a backing file is never written. All fail with EROFS.
@@ -151,6 +154,8 @@ private:
   uint32_t max_request_ = 0;    // bytes per read command
   uint32_t min_block_ = 1;      // offsets and lengths of commands are multiples of this
   bool block_status_ = false;   // base:allocation negotiated
+
+  StatusCache status_;  // thread-safe by itself
 
   std::mutex mu_;
   std::condition_variable changed_;  // a connection came back or a place freed up

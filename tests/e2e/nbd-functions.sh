@@ -6,6 +6,8 @@
 #   base_uri NAME                   its URI, nbd+unix:///?socket=$tmp/NAME.sock
 #   stop_base NAME [SIGNAL]         stop it (TERM by default; nbdkit then waits for
 #                                   its clients: stop the plugin first)
+#   status_counts LOG               block status requests and extents sent, from
+#                                   the logfile of a base served with --filter=log
 #
 # Every base still running when the test exits is killed.  The bases are plain
 # nbdkit processes: no sanitizer preload, whatever the build.
@@ -67,4 +69,13 @@ sparse_base() {
     read -r -a range <<<"$r"
     dd if=/dev/urandom of="$file" bs=1M seek="${range[0]}" count="${range[1]}" conv=notrunc status=none
   done
+}
+
+# status_counts LOG: "REQUESTS EXTENTS": the block status requests a base served with
+# --filter=log logfile=LOG received, and the extents it sent in its replies (each
+# logged as offset, length and "type").
+status_counts() {
+  awk '/ Extents id=/ { requests++ }
+       / \.\.\.Extents id=/ { extents += gsub(/"/, "") / 2 }
+       END { print requests + 0, extents + 0 }' "$1"
 }

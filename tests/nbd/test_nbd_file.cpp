@@ -12,6 +12,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstring>
@@ -321,6 +322,72 @@ TEST_CASE("probe_run reports base:allocation holes and data") {
     CHECK(!r->hole);
     CHECK(r->length == 8192);
   }
+}
+
+namespace {
+
+// What nbdkit's log filter says the server was asked: block status requests,
+// and the extents it sent back.
+struct StatusLog {
+  int requests = 0;
+  uint64_t extents = 0;
+};
+
+StatusLog read_status_log(const std::string &path) {
+  StatusLog log;
+  std::ifstream in(path);
+  for (std::string line; std::getline(in, line);) {
+    if (contains(line, " Extents id="))
+      log.requests++;
+    if (contains(line, " ...Extents id="))  // each extent: offset length "type"
+      log.extents += uint64_t(std::count(line.begin(), line.end(), '"')) / 2;
+  }
+  return log;
+}
+
+}  // namespace
+
+TEST_CASE("a walk over a fragmented export: every run, requests and extents linear") {
+  if (!have_nbdkit())
+    return;
+  TempDir dir;
+  // The data plugin's 32 KiB pages: data and a hole in each 64 KiB, 3000
+  // extents, more than one reply keeps (StatusCache::kMaxSpans).
+  const int pairs = 1500;
+  Server server(dir, "frag",
+                {"--filter=log", "data", "(1 @+65535)*" + std::to_string(pairs),
+                 "logfile=" + dir.file("frag.log")});
+  {
+    auto f = open_ok(server.uri());
+    REQUIRE(f->has_block_status());
+    const uint64_t size = *f->size();
+    REQUIRE(size == uint64_t(pairs) * 65536);
+    int runs = 0;
+    for (uint64_t pos = 0; pos < size;) {
+      auto run = f->probe_run(pos, size - pos);
+      INFO(run.status().message());
+      REQUIRE(run.is_ok());
+      CAPTURE(pos);
+      // Runs may end early (at the end of a reply), never late.
+      const uint64_t page_end = (pos / 32768 + 1) * 32768;
+      REQUIRE(run->hole == (pos / 32768 % 2 == 1));
+      REQUIRE(run->length <= page_end - pos);
+      REQUIRE(run->length > 0);
+      pos += run->length;
+      runs++;
+    }
+    CHECK(runs >= 2 * pairs);
+    CHECK(runs <= 2 * pairs + 8);
+  }
+  server.stop(SIGTERM);  // the log is complete
+  const StatusLog log = read_status_log(dir.file("frag.log"));
+  MESSAGE("3000 extents: " << log.requests << " block status requests, " << log.extents
+                           << " extents sent");
+  CHECK(log.requests >= 1);
+  // Linear: each request answers about kMaxSpans extents (it was one request
+  // per extent, and N^2/2 extents sent).
+  CHECK(log.requests <= 2 * pairs / 1000 + 4);
+  CHECK(log.extents <= 3 * 2 * pairs);
 }
 
 TEST_CASE("parallel reads use up to N connections with multi-conn, one without") {
