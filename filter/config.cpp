@@ -2,6 +2,7 @@
 
 #include "config.h"
 #include "key_help.h"
+#include "nbdkit_errors.h"
 
 #include "backing_store.h"
 #include "nbd_store.h"
@@ -55,10 +56,8 @@ int parse_check(Config &c, const char *key, const char *value) {
 // looked up as a file). Naming a URI here is the user's consent to connect.
 int parse_backing(Config &c, const char *key, const char *value) {
   if (qed::is_uri(value)) {
-    if (qed::Status s = qed_nbd::check_nbd_uri(value); !s.is_ok()) {
-      nbdkit_error("%s: %s", key, s.message().c_str());
-      return -1;
-    }
+    if (qed::Status s = qed_nbd::check_nbd_uri(value); !s.is_ok())
+      return qed_nbdkit::report(s.with_context(key));
     c.backing = qed::BackingOverride{value, qed::BackingOverride::Format::kAsImageSays};
     return 0;
   }

@@ -20,6 +20,7 @@
 #include "image.h"
 #include "nbdkit_errors.h"
 #include "nbdkit_extents.h"
+#include "printable.h"
 #include "served.h"
 
 namespace qed_filter {
@@ -88,9 +89,14 @@ void qed_close(void *handle) { delete static_cast<Handle *>(handle); }
 
 int64_t qed_get_size(nbdkit_next *, void *handle) { return int64_t(image_of(handle).size()); }
 
+// It names the backing chain as the images name it: printable() for clients.
 const char *qed_export_description(nbdkit_next *, void *handle) {
-  const std::string d = image_of(handle).description();
-  return nbdkit_strdup_intern(d.c_str());
+  const char *d = nullptr;
+  guarded([&] {
+    d = nbdkit_strdup_intern(qed_nbdkit::printable(image_of(handle).description()).c_str());
+    return 0;
+  });
+  return d;
 }
 
 int qed_block_size(nbdkit_next *, void *handle, uint32_t *minimum, uint32_t *preferred,

@@ -2,7 +2,6 @@
 
 #include "served.h"
 
-#include <cctype>
 #include <mutex>
 #include <string>
 
@@ -61,18 +60,6 @@ std::mutex mu;
 NextContext *context = nullptr;  // guarded by mu
 Served state;                    // guarded by mu
 
-std::string printable(const std::string &s) {
-  std::string out;
-  for (unsigned char ch : s) {
-    static const char kHex[] = "0123456789abcdef";
-    if (std::isprint(ch))
-      out += char(ch);
-    else
-      out.append("\\x").append(1, kHex[ch >> 4]).append(1, kHex[ch & 15]);
-  }
-  return out;
-}
-
 // An image that names a backing file is refused unless the user named the
 // base: the stored name is relative to nothing the filter knows (and, if
 // absolute, points at whatever this machine has there). Invalid headers pass
@@ -93,7 +80,7 @@ qed::Status refuse_unnamed_backing(qed::File &file) {
   return qed::Status::not_supported(
       std::string(kImageName)
           .append(": the image has backing file \"")
-          .append(printable(name))
+          .append(name)
           .append("\", which the qed filter cannot open by that name (it is relative to "
                   "nothing the filter knows): name the base with qed-backing=FILENAME"));
 }

@@ -21,6 +21,7 @@
 #include "image.h"
 #include "nbdkit_extents.h"
 #include "nbd_store.h"
+#include "printable.h"
 
 #define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
 
@@ -151,9 +152,14 @@ int qed_block_size(void *handle, uint32_t *minimum, uint32_t *preferred, uint32_
   return 0;
 }
 
+// It names the backing chain as the images name it: printable() for clients.
 const char *qed_export_description(void *handle) {
-  const std::string d = image_of(handle).description();
-  return nbdkit_strdup_intern(d.c_str());
+  const char *d = nullptr;
+  guarded([&] {
+    d = nbdkit_strdup_intern(qed_nbdkit::printable(image_of(handle).description()).c_str());
+    return 0;
+  });
+  return d;
 }
 
 int qed_can_write(void *handle) { return !image_of(handle).read_only(); }
