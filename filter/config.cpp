@@ -94,9 +94,18 @@ const Key kKeys[] = {
      "Base of an image with a backing file: a local file or an NBD URI.", parse_backing},
     {"qed-backing-format", "raw|qed",
      "Format of qed-backing= (default: as the image says).", parse_backing_format},
-    {"qed-cache-size", "<SIZE>", "L2 table cache per image in the chain (default 64M).",
+    {"qed-cache-size", "<SIZE>", "L2 table cache for the whole backing chain (default 64M).",
      parse_cache_size},
     {"qed-check", "off|report", "Consistency check at start-up (default off).", parse_check},
+    {"qed-allow-local-exports", "true",
+     "Below an image on an NBD server, allow NBD backing files on this host.",
+     [](Config &c, const char *, const char *v) {
+       const int r = nbdkit_parse_bool(v);
+       if (r == -1)
+         return -1;  // nbdkit_parse_bool reported the error
+       c.allow_local_exports = r;
+       return 0;
+     }},
 };
 
 }  // namespace

@@ -93,8 +93,11 @@ qed::OpenOptions open_options() {
   o.allow_backing = c.backing.has_value();
   o.check = c.check;
   o.backing_override = c.backing;
-  if (c.backing && qed::is_uri(c.backing->path))
-    o.backing_stores.network = std::make_shared<qed_nbd::NbdStore>(qed_nbd::NbdOptions{});
+  if (c.backing && qed::is_uri(c.backing->path)) {
+    qed_nbd::NbdOptions nbd;
+    nbd.allow_this_host_hint = " (qed-allow-local-exports=true allows it)";
+    o.backing_stores.network = std::make_shared<qed_nbd::NbdStore>(nbd, c.allow_local_exports);
+  }
   return o;
 }
 

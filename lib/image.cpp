@@ -122,17 +122,23 @@ Status Image::load(const OpenOptions &options, ChainState &chain) {
   if (Status s = read_table_entries(*file_, header_.l1_table_offset, l1); !s.is_ok())
     return error_context(s.with_context("reading the L1 table"));
 
+  // One budget for the whole chain (backing.h): a QED backing file took its
+  // share of ours.
+  const uint64_t cache_bytes =
+      dynamic_cast<const Image *>(backing_.get())
+          ? options.cache_bytes - backing_cache_share(options.cache_bytes)
+          : options.cache_bytes;
   MetadataConfig config;
   config.geometry = geo_;
   config.l1_offset = header_.l1_table_offset;
   config.file_size = *file_size;
-  config.cache_bytes = options.cache_bytes;
+  config.cache_bytes = cache_bytes;
   config.writable = !read_only_;
   config.lenient = read_only_ && header_.needs_check();
   meta_ = std::make_unique<Metadata>(*file_, config, std::move(l1));
   // Keep dirty metadata to a fraction of the cache, so a long run of writes
   // without flushes cannot grow memory past the budget.
-  writeback_threshold_ = std::max<uint64_t>(options.cache_bytes / 4, 512);
+  writeback_threshold_ = std::max<uint64_t>(cache_bytes / 4, 512);
   if (!read_only_)
     probe_hole_punching();
   return Status::ok();

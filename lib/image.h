@@ -38,7 +38,7 @@ enum class CheckPolicy {
 
 struct OpenOptions {
   bool read_only = true;
-  uint64_t cache_bytes = 64ull << 20;  // L2 cache budget per image in the chain
+  uint64_t cache_bytes = 64ull << 20;  // L2 cache budget of the whole chain (backing.h)
   bool allow_backing = true;           // false: refuse images with backing files
   BackingStores backing_stores;        // where backing files are opened (backing_store.h)
   uint64_t grow_to = 0;                // read-write: grow the image to this size

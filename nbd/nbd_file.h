@@ -44,6 +44,7 @@
 #include <string>
 #include <vector>
 
+#include "connection_budget.h"
 #include "file.h"
 #include "status.h"
 #include "status_cache.h"
@@ -58,6 +59,14 @@ struct NbdOptions {
   int request_timeout_ms = 60000;
   int backoff_min_ms = 100;
   int backoff_max_ms = 2000;
+  // Refuse connections that reach this host (this_host.h): set for backing
+  // files named by an image on an NBD server.
+  bool refuse_this_host = false;
+  // The front end's words, appended to refusals: how the user allows a
+  // server on this host ("; allow it with KEY=true"), which key sets the
+  // connections ("; backing-connections=8").
+  std::string allow_this_host_hint;
+  std::string connections_hint;
 };
 
 // Closes a libnbd handle (the connection, and any command still in flight)
@@ -71,9 +80,12 @@ class NbdFile final : public qed::File {
 public:
   // Connects once to learn the export's size, block sizes and flags; fails
   // with a message naming `uri` if that connection cannot be made within
-  // connect_timeout_ms.
-  static qed::Result<std::unique_ptr<NbdFile>> open(const std::string &uri,
-                                                    const NbdOptions &options);
+  // connect_timeout_ms. With a budget (shared by the files of one chain),
+  // the file keeps one of its connections while it is open, fails if none
+  // is left, and takes more only while some are.
+  static qed::Result<std::unique_ptr<NbdFile>> open(
+      const std::string &uri, const NbdOptions &options,
+      std::shared_ptr<ConnectionBudget> budget = nullptr);
   ~NbdFile() override;
 
   const std::string &name() const override { return uri_; }
@@ -116,6 +128,9 @@ private:
   };
 
   qed::Result<Handle> connect(bool structured, Clock::time_point deadline);
+  // With refuse_this_host: once the socket of `h` is connected, fails if it
+  // reaches this host; `known` says the peer was checked.
+  qed::Status check_peer(nbd_handle *h, bool &known) const;
   qed::Status learn(nbd_handle *h);
   qed::Status check_same_export(nbd_handle *h);
   // A connection for one request (block status if `status`, else reads): an
@@ -123,6 +138,9 @@ private:
   // back-off delay.
   qed::Result<Conn> acquire(bool status, Clock::time_point deadline);
   std::optional<size_t> pick_idle(bool status) const;
+  bool may_open_locked() const;
+  bool take_place_locked();
+  void give_back_places_locked();
   // Gives a connection back; a closed or dead one frees its place.
   void release(Conn c);
   // The connection died: close the idle ones too (same server).
@@ -151,6 +169,7 @@ private:
   // Set by open() from the first connection, constant afterwards.
   uint64_t size_ = 0;
   unsigned limit_ = 1;          // most connections in the pool
+  std::shared_ptr<ConnectionBudget> budget_;  // the chain's, or none
   uint32_t max_request_ = 0;    // bytes per read command
   uint32_t min_block_ = 1;      // offsets and lengths of commands are multiples of this
   bool block_status_ = false;   // base:allocation negotiated
@@ -162,6 +181,7 @@ private:
   // Guarded by mu_:
   std::vector<Conn> idle_;           // connected, not in use
   unsigned busy_ = 0;                // connections in use, or being made
+  unsigned tokens_ = 0;              // places held: max(1, idle + busy) (open: 1)
   Clock::time_point retry_at_{};     // no connection attempt before this
   int backoff_ms_ = 0;               // delay after the next failed attempt
   std::string last_failure_;         // why the last attempt failed

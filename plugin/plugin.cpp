@@ -45,13 +45,16 @@ qed::Image &image_of(void *handle) { return *static_cast<Handle *>(handle)->imag
 // Where backing files are opened: local files through the engine's POSIX
 // store; NBD URIs through libnbd with allow-backing=network, else refused
 // with a message naming the key (the engine adds the image and the URI).
+// Each open gets a store of its own: the store bounds its chain's connections.
 qed::BackingStores backing_stores() {
   const Config &c = config();
   qed::BackingStores stores;
   if (c.allow_network_backing) {
     qed_nbd::NbdOptions nbd;
     nbd.connections = c.backing_connections;
-    stores.network = std::make_shared<qed_nbd::NbdStore>(nbd);
+    nbd.allow_this_host_hint = " (allow-local-exports=true allows it)";
+    nbd.connections_hint = "; backing-connections=" + std::to_string(c.backing_connections);
+    stores.network = std::make_shared<qed_nbd::NbdStore>(nbd, c.allow_local_exports);
   } else {
     stores.network = std::make_shared<qed::RefusingBackingStore>(
         "network backing files are refused unless allowed with allow-backing=network");

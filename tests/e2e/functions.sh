@@ -156,20 +156,27 @@ serve_rw() {
   qed_nbdkit -U "$tmp/sock" "$plugin" file="$image" "$@" --run "$cmd"
 }
 
-# serve_bg IMAGE [PLUGIN-ARGS...]: serve IMAGE read-write through the plugin in the
-# background, on $tmp/served.sock ($served_uri), until stop_served; for scenarios
-# whose steps (stopping and starting other servers) run in this shell between
-# clients.  nbdkit's stderr goes to $served_err.  No client connects before the
+# serve_bg [-r] IMAGE [PLUGIN-ARGS...]: serve IMAGE through the plugin (read-write,
+# or read-only with -r) in the background, on $tmp/served.sock ($served_uri), until
+# stop_served; for scenarios whose steps (stopping and starting other servers,
+# looking at nbdkit's memory) run in this shell between clients.  nbdkit's pid is
+# $(served_pid), its stderr goes to $served_err.  No client connects before the
 # scenario's first: the socket is ready when nbdkit has written its pid file.
 served_uri="nbd+unix:///?socket=$tmp/served.sock"
 served_err="$tmp/served.stderr"
+served_pid() { cat "$tmp/served.pid"; }
 _served_job=
 serve_bg() {
-  local image=$1 i
+  local ro=() image i
+  if [[ $1 == -r ]]; then
+    ro=(-r)
+    shift
+  fi
+  image=$1
   shift
   [[ -z $_served_job ]] || fail "serve_bg: already serving"
   rm -f "$tmp/served.sock" "$tmp/served.pid" "$served_err"
-  QED_NBDKIT_ERR=$served_err qed_nbdkit -f -U "$tmp/served.sock" -P "$tmp/served.pid" \
+  QED_NBDKIT_ERR=$served_err qed_nbdkit -f "${ro[@]}" -U "$tmp/served.sock" -P "$tmp/served.pid" \
     "$plugin" file="$image" "$@" &
   _served_job=$!
   for ((i = 0; i < 500; i++)); do

@@ -4,6 +4,8 @@
 #   start_base NAME NBDKIT-ARGS...  serve NBDKIT-ARGS (a plain nbdkit: file, memory
 #                                   ... plugin) on $tmp/NAME.sock in the background
 #   base_uri NAME                   its URI, nbd+unix:///?socket=$tmp/NAME.sock
+#   start_tcp_base NAME NBDKIT-ARGS... the same on a free TCP port of 127.0.0.1
+#   base_port NAME                  that port
 #   stop_base NAME [SIGNAL]         stop it (TERM by default; nbdkit then waits for
 #                                   its clients: stop the plugin first)
 #   status_counts LOG               block status requests and extents sent, from
@@ -35,6 +37,27 @@ start_base() {
   done
   cat "$tmp/$name.log" >&2
   fail "base server $name (nbdkit $*) did not start"
+}
+
+declare -A _base_port=()
+base_port() { echo "${_base_port[$1]}"; }
+
+start_tcp_base() {
+  local name=$1 port i
+  shift
+  port=$(/usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  _base_port[$name]=$port
+  nbdkit -f --exit-with-parent -i 127.0.0.1 -p "$port" "$@" 2>>"$tmp/$name.log" &
+  _base_pid[$name]=$!
+  for ((i = 0; i < 200; i++)); do
+    if nbdinfo --size "nbd://127.0.0.1:$port" >/dev/null 2>&1; then
+      return 0
+    fi
+    kill -0 "${_base_pid[$name]}" 2>/dev/null || break
+    sleep 0.05
+  done
+  cat "$tmp/$name.log" >&2
+  fail "base server $name (nbdkit -p $port $*) did not start"
 }
 
 stop_base() {

@@ -292,6 +292,24 @@ refused "a local name below an NBD base" --filter="$filter" file chain/top.qed \
   qed-backing="nbd+unix:///?socket=$tmp/base.sock"
 said "local backing file below a network image is refused"
 kill "$(cat "$tmp/base.pid")"
+# A QED base over NBD whose own backing file is an NBD export on this host: refused
+# unless qed-allow-local-exports=true.
+rm -f "$tmp/base.sock" "$tmp/raw.sock"
+nbdkit -r -U "$tmp/raw.sock" -P "$tmp/raw.pid" file "$tmp/chain/base.raw"
+cp chain/mid.qed urimid.qed
+qemu-img rebase -q -u -f qed -b "nbd+unix:///?socket=$tmp/raw.sock" -F raw urimid.qed
+nbdkit -r -U "$tmp/base.sock" -P "$tmp/base.pid" file "$tmp/urimid.qed"
+for i in $(seq 50); do [[ -S $tmp/base.sock && -S $tmp/raw.sock ]] && break; sleep 0.1; done
+refused "an NBD export on this host below an NBD base" --filter="$filter" file chain/top.qed \
+  qed-backing="nbd+unix:///?socket=$tmp/base.sock"
+said "nbd+unix:///?socket=$tmp/raw.sock: refused: a Unix socket" \
+  "(qed-allow-local-exports=true allows it)"
+rm -f out.raw
+serve 'nbdcopy "$uri" out.raw' --filter="$filter" file chain/top.qed \
+  qed-backing="nbd+unix:///?socket=$tmp/base.sock" qed-allow-local-exports=true ||
+  fail "qed-allow-local-exports=true"
+cmp top.ref.raw out.raw || fail "with qed-allow-local-exports=true, the export differs"
+kill "$(cat "$tmp/base.pid")" "$(cat "$tmp/raw.pid")"
 refused "a URI that is not NBD" --filter="$filter" file chain/top.qed \
   qed-backing="http://localhost/base.qed"
 said "qed-backing: http://localhost/base.qed" 'protocol "http" is not supported'
@@ -332,7 +350,7 @@ grep -Eq "check: .* 1 entries past the end of the file" "$nbdkit_err" ||
 
 echo "== --help lists the keys"
 qed_nbdkit --filter="$filter" null --help >help.txt
-for k in qed-backing= qed-backing-format= qed-cache-size= qed-check=; do
+for k in qed-backing= qed-backing-format= qed-cache-size= qed-check= qed-allow-local-exports=; do
   grep -qF -- "$k" help.txt || fail "--help does not list $k"
 done
 
