@@ -96,7 +96,8 @@ const Key kKeys[] = {
      "Format of qed-backing= (default: as the image says).", parse_backing_format},
     {"qed-cache-size", "<SIZE>", "L2 table cache for the whole backing chain (default 64M).",
      parse_cache_size},
-    {"qed-check", "off|report", "Consistency check at start-up (default off).", parse_check},
+    {"qed-check", "off|report", "Consistency check when the image is opened (default off).",
+     parse_check},
     {"qed-allow-local-exports", "true",
      "Below an image on an NBD server, allow NBD backing files on this host.",
      [](Config &c, const char *, const char *v) {
