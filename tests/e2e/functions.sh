@@ -189,10 +189,28 @@ serve_bg() {
 
 # stop_served: stop what serve_bg serves (SIGTERM; its clients must be gone) and
 # return its status: non-zero if nbdkit failed or a sanitizer reported anything.
+# Under the sanitizer, nbdkit that does not exit within 30 s of SIGTERM is hung at
+# exit (the ASan preload issue above): killed, and not counted as a failure.
 stop_served() {
-  local rc=0
+  local rc=0 pid i
   [[ -n $_served_job ]] || fail "stop_served: nothing is served"
-  kill "$(cat "$tmp/served.pid")" 2>/dev/null || true
+  pid=$(served_pid)
+  kill "$pid" 2>/dev/null || true
+  for ((i = 0; i < 300; i++)); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$_served_job" || true
+    _served_job=
+    sanitized || fail "nbdkit did not exit within 30 s of SIGTERM"
+    echo "(nbdkit hung at exit: known ASan preload issue)"
+    if grep -Eq 'ERROR: (Address|Leak|Undefined)Sanitizer|runtime error:' "$served_err"; then
+      return 1
+    fi
+    return 0
+  fi
   wait "$_served_job" || rc=$?
   _served_job=
   return "$rc"
