@@ -4,12 +4,19 @@
 //
 // Parallel: requests are spread over a small pool of connections, one
 // request per connection at a time. Reads go over connections without
-// structured replies (fewer system calls per reply); block status, which
-// needs them, over connections with them (a lone connection does both). The pool grows on demand up to
-// NbdOptions::connections when the server advertises multi-conn (every
-// connection then sees the same data), else it is one connection. A request
-// longer than the server's maximum block size goes out as several commands,
-// all in flight at once on its connection.
+// structured replies (fewer system calls per reply) when one is idle;
+// block status, which needs them, over connections with them (a lone
+// connection does both). The pool grows when every connection is busy, up
+// to NbdOptions::connections when the server advertises multi-conn (every
+// connection then sees the same data), else it is one connection; with a
+// ConnectionBudget (one per chain), only while the budget has places left,
+// and places go back when connections close. A request longer than the
+// server's maximum block size goes out as several commands, all in flight
+// at once on its connection.
+//
+// Trust: with refuse_this_host (a backing file named by a remote image),
+// libnbd may use TCP only, and every connection is refused once connected
+// if its peer is this host (this_host.h), before anything is read.
 //
 // Faults: a request that finds its connection dead (the server went away, or
 // answers ESHUTDOWN because it is stopping and waits for its clients to
@@ -26,8 +33,10 @@
 // refused (the image was opened over the old one).
 //
 // Thread safety: every method may be called from many threads at once. mu_
-// guards the pool and the back-off state (the members under it below); no
-// lock of ours is held while connecting or during I/O. A connection taken
+// guards the pool, the places taken from the budget and the back-off state
+// (the members under it below); the status cache and the budget are
+// thread-safe by themselves; no lock of ours is held while connecting or
+// during I/O. A connection taken
 // from the pool belongs to one request until it is given back, so nothing
 // else touches that handle meanwhile (libnbd also locks each handle). What
 // open() learnt (size, limits, flags) is constant afterwards.

@@ -189,14 +189,16 @@ serve_bg() {
 
 # stop_served: stop what serve_bg serves (SIGTERM; its clients must be gone) and
 # return its status: non-zero if nbdkit failed or a sanitizer reported anything.
-# Under the sanitizer, nbdkit that does not exit within 30 s of SIGTERM is hung at
+# Under the sanitizer, nbdkit that does not exit within 10 s of SIGTERM is hung at
 # exit (the ASan preload issue above): killed, and not counted as a failure.
+# Without it, 30 s is a failure.
 stop_served() {
-  local rc=0 pid i
+  local rc=0 pid i wait=300
   [[ -n $_served_job ]] || fail "stop_served: nothing is served"
   pid=$(served_pid)
   kill "$pid" 2>/dev/null || true
-  for ((i = 0; i < 300; i++)); do
+  ! sanitized || wait=100
+  for ((i = 0; i < wait; i++)); do
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.1
   done

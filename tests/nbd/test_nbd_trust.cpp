@@ -6,9 +6,12 @@
 
 #include <ifaddrs.h>
 
+#include <algorithm>
 #include <atomic>
 #include <optional>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "nbd_store.h"
 #include "nbd_test_util.h"
