@@ -2,6 +2,7 @@
 #include <nbdkit-plugin.h>
 
 #include "check_log.h"
+#include "printable.h"
 
 #include <cstdarg>
 #include <cstdio>
@@ -21,15 +22,15 @@ void log_check(const qed::Image &image) {
   const auto &report = image.check_report();
   if (!report)
     return;
+  const std::string path = printable(image.path());
   for (const std::string &line : report->problems)
-    nbdkit_debug("%s: check: %s", image.path().c_str(), line.c_str());
+    nbdkit_debug("%s: check: %s", path.c_str(), printable(line).c_str());
   if (report->problems.empty())
-    nbdkit_debug("%s: check: clean: %s", image.path().c_str(), report->summary().c_str());
+    nbdkit_debug("%s: check: clean: %s", path.c_str(), report->summary().c_str());
   else if (report->consistent())
-    log_info("%s: check: %s", image.path().c_str(), report->summary().c_str());
+    log_info("%s: check: %s", path.c_str(), report->summary().c_str());
   else
-    nbdkit_error("%s: check found problems: %s", image.path().c_str(),
-                 report->summary().c_str());
+    nbdkit_error("%s: check found problems: %s", path.c_str(), report->summary().c_str());
 }
 
 }  // namespace qed_nbdkit

@@ -4,13 +4,31 @@
 #include <nbdkit-plugin.h>
 
 #include "nbdkit_errors.h"
+#include "printable.h"
+
+#include <string_view>
 
 namespace qed_nbdkit {
+
+namespace {
+
+// Messages quote names from images and servers: printed through printable(),
+// which allocates. Without memory for that, a fixed line still says that
+// something failed (and the errno still goes to the client).
+void log_error(const char *prefix, std::string_view message) noexcept {
+  try {
+    nbdkit_error("%s%s", prefix, printable(message).c_str());
+  } catch (...) {
+    nbdkit_error("%s(no memory to print the message)", prefix);
+  }
+}
+
+}  // namespace
 
 int report(const qed::Status &status) {
   if (status.is_ok())
     return 0;
-  nbdkit_error("%s", status.message().c_str());
+  log_error("", status.message());
   nbdkit_set_error(status.errno_value());
   return -1;
 }
@@ -18,13 +36,13 @@ int report(const qed::Status &status) {
 int report(const qed::Status &status, int *err) {
   if (status.is_ok())
     return 0;
-  nbdkit_error("%s", status.message().c_str());
+  log_error("", status.message());
   *err = status.errno_value();
   return -1;
 }
 
 int report_exception(const char *what, int err, int *out) noexcept {
-  nbdkit_error("qed: internal error: %s", what);
+  log_error("qed: internal error: ", what);
   if (out)
     *out = err;
   else

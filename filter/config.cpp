@@ -2,6 +2,7 @@
 
 #include "config.h"
 #include "key_help.h"
+#include "nbdkit_errors.h"
 
 #include "backing_store.h"
 #include "nbd_store.h"
@@ -55,10 +56,8 @@ int parse_check(Config &c, const char *key, const char *value) {
 // looked up as a file). Naming a URI here is the user's consent to connect.
 int parse_backing(Config &c, const char *key, const char *value) {
   if (qed::is_uri(value)) {
-    if (qed::Status s = qed_nbd::check_nbd_uri(value); !s.is_ok()) {
-      nbdkit_error("%s: %s", key, s.message().c_str());
-      return -1;
-    }
+    if (qed::Status s = qed_nbd::check_nbd_uri(value); !s.is_ok())
+      return qed_nbdkit::report(s.with_context(key));
     c.backing = qed::BackingOverride{value, qed::BackingOverride::Format::kAsImageSays};
     return 0;
   }
@@ -95,9 +94,19 @@ const Key kKeys[] = {
      "Base of an image with a backing file: a local file or an NBD URI.", parse_backing},
     {"qed-backing-format", "raw|qed",
      "Format of qed-backing= (default: as the image says).", parse_backing_format},
-    {"qed-cache-size", "<SIZE>", "L2 table cache per image in the chain (default 64M).",
+    {"qed-cache-size", "<SIZE>", "L2 table cache for the whole backing chain (default 64M).",
      parse_cache_size},
-    {"qed-check", "off|report", "Consistency check at start-up (default off).", parse_check},
+    {"qed-check", "off|report", "Consistency check when the image is opened (default off).",
+     parse_check},
+    {"qed-allow-local-exports", "true",
+     "Below an image on an NBD server, allow NBD backing files on this host.",
+     [](Config &c, const char *, const char *v) {
+       const int r = nbdkit_parse_bool(v);
+       if (r == -1)
+         return -1;  // nbdkit_parse_bool reported the error
+       c.allow_local_exports = r;
+       return 0;
+     }},
 };
 
 }  // namespace

@@ -18,6 +18,7 @@ struct Config {
   // qed-backing= (absolute) and qed-backing-format=: the base of an image
   // that has a backing file; none means such images are refused.
   std::optional<qed::BackingOverride> backing;
+  bool allow_local_exports = false;  // qed-allow-local-exports=true
 };
 
 // The one configuration of this nbdkit process.

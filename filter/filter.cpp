@@ -3,13 +3,14 @@
 // thin adapter onto qed::Image; the image is read through NextFile, one more
 // implementation of the engine's File.
 //
-// One Image serves every connection, on a context of the filter's own into the
-// plugin: opened in .after_fork (or, if that failed, by the next .open that
-// succeeds) and closed in .cleanup; served.h says why. Nothing is ever written
-// below: the context is opened read-only and can_write is false;
+// One Image serves every connection, opened by the first connection's
+// .prepare and closed in .cleanup; each connection reads it through its own
+// read-only context into the plugin, which every callback that may reach the
+// engine names first (NextFile::Through); served.h says why. Nothing is ever
+// written below: the contexts are read-only and can_write is false;
 // --filter=cow above this filter makes the export writable. The filter is
-// parallel (Image is thread-safe); when the stack below is not, NextFile
-// serialises the calls into it. Multi-conn is advertised when the layer below
+// parallel (Image is thread-safe); nbdkit applies the stack's thread model
+// to the contexts below. Multi-conn is advertised when the layer below
 // advertises it.
 #include <nbdkit-filter.h>
 
@@ -20,6 +21,8 @@
 #include "image.h"
 #include "nbdkit_errors.h"
 #include "nbdkit_extents.h"
+#include "next_file.h"
+#include "printable.h"
 #include "served.h"
 
 namespace qed_filter {
@@ -27,9 +30,6 @@ namespace {
 
 using qed_nbdkit::guarded;
 using qed_nbdkit::report;
-
-// Set in .get_ready: the thread model nbdkit chose for the whole stack.
-int stack_thread_model = NBDKIT_THREAD_MODEL_SERIALIZE_ALL_REQUESTS;
 
 // Each connection's copy of the served state.
 using Handle = Served;
@@ -50,20 +50,6 @@ int qed_config_complete(nbdkit_next_config_complete *next, nbdkit_backend *nxdat
   return guarded([&] { return config_complete() == -1 ? -1 : next(nxdata); });
 }
 
-int qed_get_ready(int thread_model) {
-  stack_thread_model = thread_model;
-  return 0;
-}
-
-// A failure is logged and tried again by each .open (served.h says why).
-int qed_after_fork(nbdkit_backend *backend) {
-  guarded([&] {
-    open_served(backend, stack_thread_model);
-    return 0;
-  });
-  return 0;
-}
-
 void qed_cleanup(nbdkit_backend *) {
   guarded([] {
     close_served();
@@ -71,26 +57,43 @@ void qed_cleanup(nbdkit_backend *) {
   });
 }
 
-// No context into the plugin per connection: the served one is enough.
-void *qed_open(nbdkit_next_open *, nbdkit_context *context, int, const char *, int) {
+// The plugin below, read-only, for this connection. Clients' export names are
+// not passed down: every client sees the one image.
+void *qed_open(nbdkit_next_open *next, nbdkit_context *context, int, const char *, int) {
+  if (next(context, 1, "") == -1)
+    return nullptr;
   Handle *h = nullptr;
   guarded([&] {
-    Served s = open_served(nbdkit_context_get_backend(context), stack_thread_model);
-    if (!s.image)
-      return -1;  // open_served reported why
-    h = new Handle(std::move(s));
+    h = new Handle;
     return 0;
   });
   return h;
+}
+
+// The image, through this connection's context (opened now if no connection
+// opened it yet).
+int qed_prepare(nbdkit_next *next, void *handle, int) {
+  return guarded([&] {
+    Served s = open_served(next);
+    if (!s.image)
+      return -1;  // open_served reported why
+    *static_cast<Handle *>(handle) = std::move(s);
+    return 0;
+  });
 }
 
 void qed_close(void *handle) { delete static_cast<Handle *>(handle); }
 
 int64_t qed_get_size(nbdkit_next *, void *handle) { return int64_t(image_of(handle).size()); }
 
+// It names the backing chain as the images name it: printable() for clients.
 const char *qed_export_description(nbdkit_next *, void *handle) {
-  const std::string d = image_of(handle).description();
-  return nbdkit_strdup_intern(d.c_str());
+  const char *d = nullptr;
+  guarded([&] {
+    d = nbdkit_strdup_intern(qed_nbdkit::printable(image_of(handle).description()).c_str());
+    return 0;
+  });
+  return d;
 }
 
 int qed_block_size(nbdkit_next *, void *handle, uint32_t *minimum, uint32_t *preferred,
@@ -115,9 +118,12 @@ int qed_can_multi_conn(nbdkit_next *, void *handle) {
 }
 int qed_can_cache(nbdkit_next *, void *) { return NBDKIT_CACHE_NONE; }
 
-int qed_pread(nbdkit_next *, void *handle, void *buf, uint32_t count, uint64_t offset,
+int qed_pread(nbdkit_next *next, void *handle, void *buf, uint32_t count, uint64_t offset,
               uint32_t, int *err) {
-  return guarded(err, [&] { return report(image_of(handle).read(buf, count, offset), err); });
+  return guarded(err, [&] {
+    const NextFile::Through through(next);
+    return report(image_of(handle).read(buf, count, offset), err);
+  });
 }
 
 // nbdkit sends no writes to an export that is not writable; should one come
@@ -140,13 +146,17 @@ int qed_zero(nbdkit_next *, void *, uint32_t, uint64_t, uint32_t, int *err) {
   return refuse_write(err);
 }
 
-int qed_flush(nbdkit_next *, void *handle, uint32_t, int *err) {
-  return guarded(err, [&] { return report(image_of(handle).flush(), err); });
+int qed_flush(nbdkit_next *next, void *handle, uint32_t, int *err) {
+  return guarded(err, [&] {
+    const NextFile::Through through(next);
+    return report(image_of(handle).flush(), err);
+  });
 }
 
-int qed_extents(nbdkit_next *, void *handle, uint32_t count, uint64_t offset, uint32_t flags,
-                struct nbdkit_extents *extents, int *err) {
+int qed_extents(nbdkit_next *next, void *handle, uint32_t count, uint64_t offset,
+                uint32_t flags, struct nbdkit_extents *extents, int *err) {
   return guarded(err, [&] {
+    const NextFile::Through through(next);
     return report(qed_nbdkit::add_extents(image_of(handle), count, offset,
                                           flags & NBDKIT_FLAG_REQ_ONE, extents),
                   err);
@@ -164,10 +174,9 @@ nbdkit_filter create_filter() {
   f.config = qed_config;
   f.config_complete = qed_config_complete;
   f.config_help = config_help();
-  f.get_ready = qed_get_ready;
-  f.after_fork = qed_after_fork;
   f.cleanup = qed_cleanup;
   f.open = qed_open;
+  f.prepare = qed_prepare;
   f.close = qed_close;
   f.get_size = qed_get_size;
   f.export_description = qed_export_description;

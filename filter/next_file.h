@@ -1,18 +1,23 @@
 // The export of the plugin below the filter, as one more implementation of the
-// engine's File: reads go through an nbdkit_next context into the plugin (or
-// the next filter down). Read-only: every call that would change the export
-// fails with kReadOnly without reaching the plugin.
+// engine's File: reads go into the plugin (or the next filter down) through
+// the nbdkit_next context of the connection whose request is running. Read-
+// only: every call that would change the export fails with kReadOnly without
+// reaching the plugin.
+//
+// Why the context comes with the calling thread: one Image (and so one
+// NextFile) serves every connection, while each connection reads through
+// the context nbdkit opened for it (served.h says why), valid only during
+// that connection's callbacks. Every filter callback that may reach the
+// engine names its context first (a Through on its stack); the engine does
+// its I/O on the thread that called it, so the file finds the context there.
+// nbdkit's thread model applies to those contexts as to any filter's, so no
+// serialisation of our own is needed.
 //
 // Thread safety: every method may be called from many threads at once. The
-// size and limits are fixed at construction. When the layer below does not
-// accept parallel requests on one handle, call_mu_ serialises the calls into
-// it (one context serves every connection, so nbdkit's own per-connection
-// serialisation does not cover them); otherwise calls run concurrently.
+// size and limits are fixed at construction.
 #pragma once
 
 #include <cstdint>
-#include <mutex>
-#include <optional>
 #include <string>
 
 #include "file.h"
@@ -34,10 +39,22 @@ NextLimits limits_from_block_size(uint32_t minimum, uint32_t maximum);
 
 class NextFile final : public qed::File {
 public:
-  // `next` must be prepared and stay valid as long as this object; `size` is
-  // its get_size answer.
-  NextFile(std::string name, nbdkit_next_ops *next, uint64_t size, NextLimits limits,
-           bool serialize);
+  // The context of the layer below for calls on this thread, for as long as
+  // it lives (they nest: the inner one applies, the outer one comes back).
+  class Through {
+  public:
+    explicit Through(nbdkit_next_ops *next);
+    ~Through();
+    Through(const Through &) = delete;
+    Through &operator=(const Through &) = delete;
+
+  private:
+    nbdkit_next_ops *const outer_;
+  };
+
+  // `size` is the get_size answer of the layer below (the same through every
+  // connection's context).
+  NextFile(std::string name, uint64_t size, NextLimits limits);
 
   const std::string &name() const override { return name_; }
   // Bytes at or beyond the end of the export read as zeroes.
@@ -56,16 +73,14 @@ private:
   // limits: whole blocks straight into `buf`, partial ones through a bounce
   // buffer.
   qed::Status read_within(uint8_t *buf, uint64_t count, uint64_t offset);
-  // One pread into the layer below (count within max_request).
+  // One pread into the layer below (count within max_request), through this
+  // thread's context.
   qed::Status call_pread(uint8_t *buf, uint32_t count, uint64_t offset);
   qed::Status refuse_write(const char *what) const;
 
   const std::string name_;
-  nbdkit_next_ops *const next_;
   const uint64_t size_;
   const NextLimits limits_;
-  const bool serialize_;
-  std::mutex call_mu_;  // held across each call into next_ when serialize_
 };
 
 }  // namespace qed_filter

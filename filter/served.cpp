@@ -2,7 +2,6 @@
 
 #include "served.h"
 
-#include <cctype>
 #include <mutex>
 #include <string>
 
@@ -24,55 +23,11 @@ using qed_nbdkit::report;
 // below it.
 const char kImageName[] = "the plugin's export";
 
-// A prepared context into the layer below; finalised and closed on
-// destruction.
-class NextContext {
-public:
-  NextContext() = default;
-  NextContext(const NextContext &) = delete;
-  NextContext &operator=(const NextContext &) = delete;
-  ~NextContext() {
-    if (next_ && prepared_)
-      next_->finalize(next_);
-    if (next_)
-      nbdkit_next_context_close(next_);
-  }
-
-  int open(nbdkit_backend *backend) {
-    next_ = nbdkit_next_context_open(backend, 1 /* read-only */, "", 1 /* shared */);
-    if (!next_ || next_->prepare(next_) == -1) {
-      nbdkit_error("%s: the qed filter cannot open it (see the plugin's error above)",
-                   kImageName);
-      return -1;
-    }
-    prepared_ = true;
-    return 0;
-  }
-  nbdkit_next *get() const { return next_; }
-
-private:
-  nbdkit_next *next_ = nullptr;
-  bool prepared_ = false;
-};
-
-// The image goes before the context it reads (close_served). The context is
-// not a static object with a destructor: were nbdkit to exit without
-// .cleanup, closing it at exit would call into a server being torn down.
+// The image, and the size of the layer below it was opened on (a later
+// connection's context must have it too).
 std::mutex mu;
-NextContext *context = nullptr;  // guarded by mu
-Served state;                    // guarded by mu
-
-std::string printable(const std::string &s) {
-  std::string out;
-  for (unsigned char ch : s) {
-    static const char kHex[] = "0123456789abcdef";
-    if (std::isprint(ch))
-      out += char(ch);
-    else
-      out.append("\\x").append(1, kHex[ch >> 4]).append(1, kHex[ch & 15]);
-  }
-  return out;
-}
+std::shared_ptr<qed::Image> image;  // guarded by mu
+uint64_t below_size = 0;            // guarded by mu
 
 // An image that names a backing file is refused unless the user named the
 // base: the stored name is relative to nothing the filter knows (and, if
@@ -94,7 +49,7 @@ qed::Status refuse_unnamed_backing(qed::File &file) {
   return qed::Status::not_supported(
       std::string(kImageName)
           .append(": the image has backing file \"")
-          .append(printable(name))
+          .append(name)
           .append("\", which the qed filter cannot open by that name (it is relative to "
                   "nothing the filter knows): name the base with qed-backing=FILENAME"));
 }
@@ -112,63 +67,68 @@ qed::OpenOptions open_options() {
   o.locking.policy = qed::Locking::kOff;
   o.backing_stores.local =
       std::make_shared<qed::PosixBackingStore>(qed::LockSettings{qed::Locking::kOff, {}, {}});
-  if (c.backing && qed::is_uri(c.backing->path))
-    o.backing_stores.network = std::make_shared<qed_nbd::NbdStore>(qed_nbd::NbdOptions{});
+  if (c.backing && qed::is_uri(c.backing->path)) {
+    qed_nbd::NbdOptions nbd;
+    nbd.allow_this_host_hint = " (qed-allow-local-exports=true allows it)";
+    o.backing_stores.network = std::make_shared<qed_nbd::NbdStore>(nbd, c.allow_local_exports);
+  }
   return o;
 }
 
-int open_image(nbdkit_next *next, int thread_model) {
-  const int64_t size = next->get_size(next);
-  if (size == -1)
+int open_image(nbdkit_next *next) {
+  const int64_t below = next->get_size(next);
+  if (below == -1)
     return -1;  // the layer below reported it
   uint32_t minimum = 0, preferred = 0, maximum = 0;
   if (next->block_size(next, &minimum, &preferred, &maximum) == -1)
     return -1;
-  const int multi_conn = next->can_multi_conn(next);
-  if (multi_conn == -1)
-    return -1;
-  // One context serves every connection: when nbdkit lets connections run
-  // requests side by side but the stack does not take parallel requests on
-  // one handle, the file serialises them itself.
-  auto file = std::make_unique<NextFile>(kImageName, next, uint64_t(size),
-                                         limits_from_block_size(minimum, maximum),
-                                         thread_model < NBDKIT_THREAD_MODEL_PARALLEL);
+  auto file = std::make_unique<NextFile>(kImageName, uint64_t(below),
+                                         limits_from_block_size(minimum, maximum));
   if (int r = report(refuse_unnamed_backing(*file)); r == -1)
     return r;
   qed::ChainState chain;
-  auto image = qed::Image::open_file(kImageName, std::move(file), open_options(), chain);
-  if (!image)
-    return report(image.status());
-  if (int r = report(qed_nbdkit::check_export_size(**image)); r == -1)
+  auto opened = qed::Image::open_file(kImageName, std::move(file), open_options(), chain);
+  if (!opened)
+    return report(opened.status());
+  if (int r = report(qed_nbdkit::check_export_size(**opened)); r == -1)
     return r;
-  state.image = std::move(*image);
-  state.multi_conn = multi_conn == 1;
-  qed_nbdkit::log_check(*state.image);
-  qed_nbdkit::log_cache_budgets(*state.image, "qed-cache-size");
+  image = std::move(*opened);
+  below_size = uint64_t(below);
+  qed_nbdkit::log_check(*image);
+  qed_nbdkit::log_cache_budgets(*image, "qed-cache-size");
   return 0;
 }
 
-void close_locked() {
-  state = Served();
-  delete context;
-  context = nullptr;
+// A later connection's context must show the export the image was read from.
+int check_same_size(nbdkit_next *next) {
+  const int64_t below = next->get_size(next);
+  if (below == -1)
+    return -1;
+  if (uint64_t(below) == below_size)
+    return 0;
+  return report(qed::Status::io_error(
+      std::string(kImageName) + " changed size from " + std::to_string(below_size) + " to " +
+          std::to_string(below) + " bytes since the qed filter opened the image: restart nbdkit",
+      EIO));
 }
 
 }  // namespace
 
-Served open_served(nbdkit_backend *backend, int thread_model) {
+Served open_served(nbdkit_next *next) {
+  const NextFile::Through through(next);
   std::lock_guard lock(mu);
-  if (state.image)
-    return state;
-  context = new NextContext;
-  if (context->open(backend) == -1 || open_image(context->get(), thread_model) == -1)
-    close_locked();
-  return state;
+  const int r = image ? check_same_size(next) : open_image(next);
+  if (r == -1)
+    return Served();
+  const int multi_conn = next->can_multi_conn(next);
+  if (multi_conn == -1)
+    return Served();
+  return Served{image, multi_conn == 1};
 }
 
 void close_served() {
   std::lock_guard lock(mu);
-  close_locked();
+  image.reset();
 }
 
 }  // namespace qed_filter

@@ -1,49 +1,47 @@
-// The one export every connection of this nbdkit process reads: a context of
-// the filter's own into the layer below, and the Image on it.
+// The one image every connection of this nbdkit process reads, and how each
+// connection reaches the layer below.
 //
-// Why a context of our own: the `next` nbdkit hands a connection is valid
-// only until that connection closes, and one client may open two connections
-// in a row (NBD_OPT_INFO, then NBD_OPT_GO), so an Image built on it could not
-// be shared and would be read again for every connection. nbdkit 1.32 lets a
-// filter open contexts into the layer below by itself
-// (nbdkit_next_context_open, on the backend that .after_fork receives or
-// nbdkit_context_get_backend gives in .open, valid until .cleanup); opened
-// "shared", a context belongs to no connection and may serve them all. So one
-// read-only context and the Image on it serve every connection, and .cleanup
-// closes both; connections open no context of their own into the plugin
-// (.open does not call next).
+// One Image for all: a client may open two connections in a row (NBD_OPT_INFO,
+// then NBD_OPT_GO) and many clients read at once; one Image (one header
+// check, one L1 table, one cache of L2 tables) serves them all, and the image
+// is read once, not per connection.
 //
-// When: .after_fork tries first (the earliest point where the backend exists
-// and the plugin below has run its own .after_fork), so a bad image is
-// reported at start-up. A failure there does not stop nbdkit: under --run the
-// command is already waiting on the socket, and nbdkit 1.32 would leave it
-// hanging. Instead each connection's .open tries again until one succeeds, so
-// a bad image refuses every client with its message, and a plugin that was
-// not ready yet (a remote server still starting) is picked up later.
+// Each connection's own context below: each connection reads through the
+// context nbdkit opened for it (.open calls next, read-only), as any filter
+// does; NextFile finds it on the calling thread (next_file.h). The other way,
+// a context of the filter's own opened "shared" in .after_fork, belongs to no
+// connection, and nbdkit 1.32 plugins that ask for the client's export name
+// in .open (nbd, sh, eval) then log "error: no connection in this thread" at
+// every start, which users read as a failure.
 //
-// Thread safety: mu_ (in served.cpp) guards the context and the state; once
-// open they stay until close_served(), which runs in .cleanup after every
-// connection has closed. Connections keep their own copy of the state. The
-// Image and NextFile are thread-safe.
+// When: the first connection's .prepare opens the image through its context
+// (nothing exists below before a connection). If that fails, the connection
+// is refused with the reason and the next one tries again, so a bad image
+// refuses each client with its message and a plugin whose server was not up
+// yet is picked up later. Each later connection checks that its context has
+// the size the image was opened with.
+//
+// Thread safety: mu (in served.cpp) guards the state; once open it stays until
+// close_served(), which runs in .cleanup after every connection has closed.
+// Connections keep their own copy. The Image and NextFile are thread-safe.
 #pragma once
 
 #include <memory>
 
 #include "image.h"
 
-struct nbdkit_backend;
+struct nbdkit_next_ops;
 
 namespace qed_filter {
 
 struct Served {
   std::shared_ptr<qed::Image> image;
-  bool multi_conn = false;  // what the layer below says
+  bool multi_conn = false;  // what this connection's context below says
 };
 
-// Opens the export below `backend` and the image on it, unless they are open
-// already, and returns them (image null after nbdkit_error on failure).
-// `thread_model` is the one nbdkit chose for the whole stack (.get_ready).
-Served open_served(nbdkit_backend *backend, int thread_model);
+// The image, opened through `next` (this connection's prepared context) if
+// it is not open yet; image null after nbdkit_error on failure.
+Served open_served(nbdkit_next_ops *next);
 void close_served();
 
 }  // namespace qed_filter

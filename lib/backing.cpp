@@ -116,9 +116,10 @@ Result<std::unique_ptr<BlockSource>> open_located(const Located &at, Format how,
   if (!identity)
     return identity.status();
   QED_RETURN_IF_ERROR(enter_chain(chain, *identity, at.name));
+  const BackingPlace place{chain.network};
   if (is_uri(at.name))
     chain.network = true;
-  auto file = at.store->open(at.name);
+  auto file = at.store->open(at.name, place);
   if (!file)
     return file.status();
   std::string format = how == Format::kQed ? "qed" : "raw";
@@ -132,6 +133,7 @@ Result<std::unique_ptr<BlockSource>> open_located(const Located &at, Format how,
     below.read_only = true;
     below.grow_to = 0;
     below.backing_override.reset();  // it replaces one level only
+    below.cache_bytes = backing_cache_share(options.cache_bytes);
     auto image = Image::open_file(at.name, std::move(*file), below, chain);
     if (!image)
       return image.status();

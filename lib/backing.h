@@ -3,6 +3,7 @@
 // format, refusing loops and formats we cannot read.
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <utility>
@@ -42,6 +43,14 @@ struct ChainState {
 };
 
 inline constexpr unsigned kMaxChainDepth = 64;
+
+// The L2 cache budget of a chain is the top image's cache_bytes, for the
+// whole chain (a hostile server serving distinct exports could otherwise
+// make a chain 64 deep with a full budget at each level): an image whose
+// backing file is a QED image hands it this share of its own budget (half,
+// so the chain's caches sum to less than the top's budget, whatever the
+// depth) and keeps the rest. Raw backing files have no cache.
+inline uint64_t backing_cache_share(uint64_t cache_bytes) { return cache_bytes / 2; }
 
 // A raw file as a disk. Its size is fixed at open.
 class RawSource final : public BlockSource {

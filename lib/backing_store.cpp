@@ -26,7 +26,8 @@ Result<std::string> PosixBackingStore::identity(const std::string &path) {
   return posix_identity(path);
 }
 
-Result<std::unique_ptr<File>> PosixBackingStore::open(const std::string &path) {
+Result<std::unique_ptr<File>> PosixBackingStore::open(const std::string &path,
+                                                      const BackingPlace &) {
   return open_posix_file(path, OpenMode::kReadOnly, LockAccess::kRead, locking_);
 }
 
@@ -35,7 +36,8 @@ Result<std::string> RefusingBackingStore::identity(const std::string &) {
   return Status::not_supported(reason_);
 }
 
-Result<std::unique_ptr<File>> RefusingBackingStore::open(const std::string &) {
+Result<std::unique_ptr<File>> RefusingBackingStore::open(const std::string &,
+                                                         const BackingPlace &) {
   return Status::not_supported(reason_);
 }
 

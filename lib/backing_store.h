@@ -25,6 +25,14 @@
 
 namespace qed {
 
+// What the engine knows of where in a chain a backing file is opened.
+struct BackingPlace {
+  // The name comes from an image that is itself on the network (or below
+  // one): a remote party's words, not the user's. A store should refuse
+  // names that reach local resources then (NbdStore: exports on this host).
+  bool below_network = false;
+};
+
 // Thread safety: implementations are called from the threads that open
 // images, possibly several at once; the Files they return follow file.h.
 class BackingStore {
@@ -40,7 +48,8 @@ public:
   virtual Result<std::string> identity(const std::string &name) = 0;
   // Opens `name` for reading. Write-side calls on the File may fail (a
   // backing file is never written). Fails with a message naming `name`.
-  virtual Result<std::unique_ptr<File>> open(const std::string &name) = 0;
+  virtual Result<std::unique_ptr<File>> open(const std::string &name,
+                                             const BackingPlace &place) = 0;
 };
 
 // Local files with open_posix_file; the identity is the device and inode, so
@@ -51,7 +60,7 @@ class PosixBackingStore final : public BackingStore {
 public:
   explicit PosixBackingStore(LockSettings locking = {}) : locking_(std::move(locking)) {}
   Result<std::string> identity(const std::string &path) override;
-  Result<std::unique_ptr<File>> open(const std::string &path) override;
+  Result<std::unique_ptr<File>> open(const std::string &path, const BackingPlace &place) override;
 
 private:
   const LockSettings locking_;
@@ -63,7 +72,7 @@ class RefusingBackingStore final : public BackingStore {
 public:
   explicit RefusingBackingStore(std::string reason) : reason_(std::move(reason)) {}
   Result<std::string> identity(const std::string &name) override;
-  Result<std::unique_ptr<File>> open(const std::string &name) override;
+  Result<std::unique_ptr<File>> open(const std::string &name, const BackingPlace &place) override;
 
 private:
   const std::string reason_;

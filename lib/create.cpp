@@ -49,7 +49,7 @@ Status inspect_backing(const std::string &path, const CreateOptions &o, std::str
   if (!store)
     return Status::not_supported(path + ": backing file \"" + o.backing_file + "\": " +
                                  (uri ? "network" : "local") + " backing files are not enabled");
-  auto file = store->open(backing);
+  auto file = store->open(backing, BackingPlace{});  // named by the user
   if (!file)
     return file.status().with_context(path + ": cannot open backing file \"" + o.backing_file +
                                       "\"");

@@ -124,11 +124,17 @@ Status Image::load(const OpenOptions &options, ChainState &chain) {
   if (Status s = read_table_entries(*file_, header_.l1_table_offset, l1); !s.is_ok())
     return error_context(s.with_context("reading the L1 table"));
 
+  // One budget for the whole chain (backing.h): a QED backing file took its
+  // share of ours.
+  const uint64_t cache_bytes =
+      dynamic_cast<const Image *>(backing_.get())
+          ? options.cache_bytes - backing_cache_share(options.cache_bytes)
+          : options.cache_bytes;
   MetadataConfig config;
   config.geometry = geo_;
   config.l1_offset = header_.l1_table_offset;
   config.file_size = *file_size;
-  config.cache_bytes = options.cache_bytes;
+  config.cache_bytes = cache_bytes;
   config.writable = !read_only_;
   config.lenient = read_only_ && header_.needs_check();
   // When changes take the room a table needs, the request that needs it
@@ -138,7 +144,7 @@ Status Image::load(const OpenOptions &options, ChainState &chain) {
   // And a writer whose changes pass a quarter of the budget writes them back
   // after its request, so that most of the cache keeps serving reads.
   writeback_threshold_ = meta_->cache_budget() / 4;
-  requested_cache_bytes_ = options.cache_bytes;
+  requested_cache_bytes_ = cache_bytes;  // this image's share of the chain's budget
   if (!read_only_)
     probe_hole_punching();
   return Status::ok();

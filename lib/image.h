@@ -39,8 +39,9 @@ enum class CheckPolicy {
 
 struct OpenOptions {
   bool read_only = true;
-  // L2 cache budget per image in the chain; raised to what the image needs
-  // at least (minimum_cache_bytes(), see Image::cache_budgets()).
+  // L2 cache budget of the whole chain (backing.h): this image keeps part, a
+  // QED backing file gets the rest; each raised to what its image needs at
+  // least (minimum_cache_bytes(), see Image::cache_budgets()).
   uint64_t cache_bytes = 64ull << 20;
   bool allow_backing = true;           // false: refuse images with backing files
   BackingStores backing_stores;        // where backing files are opened (backing_store.h)

@@ -2,6 +2,8 @@
 
 #include <libnbd.h>
 
+#include "this_host.h"
+
 #include <algorithm>
 #include <cstring>
 #include <optional>
@@ -19,8 +21,6 @@ namespace {
 // NBD commands carry 32-bit lengths; without a limit from the server, 32 MiB
 // is what every server accepts (the NBD protocol's advice).
 constexpr uint32_t kDefaultMaxRequest = 32u << 20;
-// Block status asks about at most this much at a time.
-constexpr uint64_t kMaxStatusRequest = 1u << 30;
 
 // What libnbd said about the last failure on this thread.
 std::string libnbd_error() {
@@ -48,11 +48,16 @@ struct NbdFile::Command {
   uint64_t offset = 0;
   int64_t cookie = 0;
   bool done = false;
-  // Block status replies: (length, flags) pairs from `offset` on.
-  std::vector<std::pair<uint32_t, uint32_t>> extents;
+  StatusReply *reply = nullptr;  // block status: where the extents go
 };
 
-NbdFile::~NbdFile() = default;
+NbdFile::~NbdFile() {
+  // The connections close with the members; their places go back to the
+  // chain's budget.
+  if (budget_)
+    for (; tokens_ > 0; tokens_--)
+      budget_->give_back();
+}
 
 Status NbdFile::error(const std::string &what, int err) const {
   return Status::io_error(std::string(uri_).append(": ").append(what), err);
@@ -85,13 +90,21 @@ Result<Handle> NbdFile::connect(bool structured, Clock::time_point deadline) {
     nbd_set_request_structured_replies(h.get(), false);
   else if (nbd_add_meta_context(h.get(), LIBNBD_CONTEXT_BASE_ALLOCATION) == -1)
     return failed(libnbd_error());
+  // Below a remote image, libnbd itself refuses Unix sockets and vsock too.
+  if (options_.refuse_this_host &&
+      nbd_set_uri_allow_transports(h.get(), LIBNBD_ALLOW_TRANSPORT_TCP) == -1)
+    return failed(libnbd_error());
   // QEMU writes nbd+tcp:// for what libnbd calls nbd://.
   std::string uri = uri_;
   if (uri.rfind("nbd+tcp://", 0) == 0)
     uri.replace(0, 7, "nbd");
   if (nbd_aio_connect_uri(h.get(), uri.c_str()) == -1)
     return failed("cannot connect: " + libnbd_error());
+  bool peer_known = !options_.refuse_this_host;
   while (nbd_aio_is_connecting(h.get())) {
+    // As soon as the socket is connected (before the server's greeting is
+    // read, usually), where it leads is known.
+    QED_RETURN_IF_ERROR(check_peer(h.get(), peer_known));
     const int left = ms_until(deadline);
     if (left == 0)
       return failed("cannot connect: no answer within " +
@@ -101,7 +114,27 @@ Result<Handle> NbdFile::connect(bool structured, Clock::time_point deadline) {
   }
   if (!nbd_aio_is_ready(h.get()))
     return failed("cannot connect: " + libnbd_error());
+  QED_RETURN_IF_ERROR(check_peer(h.get(), peer_known));
+  if (!peer_known)
+    return failed("cannot connect: cannot tell which host the connection reached");
   return h;
+}
+
+Status NbdFile::check_peer(nbd_handle *h, bool &known) const {
+  if (known)
+    return Status::ok();
+  const int fd = nbd_aio_get_fd(h);
+  if (fd < 0)
+    return Status::ok();  // no socket yet
+  const Peer peer = socket_peer(fd);
+  if (peer.kind == Peer::Kind::kNotConnected)
+    return Status::ok();
+  known = true;
+  if (peer.kind == Peer::Kind::kRemote)
+    return Status::ok();
+  return Status::not_supported("refused: the server is on this host (" + peer.what +
+                               "); a backing file named by an image on an NBD server must "
+                               "not reach this host" + options_.allow_this_host_hint);
 }
 
 Status NbdFile::learn(nbd_handle *h) {
@@ -111,6 +144,8 @@ Status NbdFile::learn(nbd_handle *h) {
   size_ = uint64_t(size);
   const int multi = nbd_can_multi_conn(h);
   limit_ = multi == 1 ? std::max(1u, options_.connections) : 1;
+  if (budget_)
+    limit_ = std::min(limit_, budget_->total());
   const int64_t max = nbd_get_block_size(h, LIBNBD_SIZE_MAXIMUM);
   const int64_t min = nbd_get_block_size(h, LIBNBD_SIZE_MINIMUM);
   min_block_ = min > 0 ? uint32_t(min) : 1;
@@ -133,8 +168,18 @@ Status NbdFile::check_same_export(nbd_handle *h) {
 }
 
 Result<std::unique_ptr<NbdFile>> NbdFile::open(const std::string &uri,
-                                               const NbdOptions &options) {
+                                               const NbdOptions &options,
+                                               std::shared_ptr<ConnectionBudget> budget) {
   std::unique_ptr<NbdFile> f(new NbdFile(uri, options));
+  // Its one connection for as long as it is open, from the chain's budget.
+  if (budget && !budget->try_take())
+    return f->error("refused: the backing chain already holds " +
+                        std::to_string(budget->total()) +
+                        " NBD backing files, which keep all the connections it may hold (one "
+                        "each" + options.connections_hint + ")",
+                    ENOTSUP);
+  f->budget_ = std::move(budget);
+  f->tokens_ = 1;
   auto h = f->connect(true, Clock::now() + std::chrono::milliseconds(options.connect_timeout_ms));
   Status s = h ? f->learn(h->get()) : h.status();
   if (!s.is_ok())
@@ -151,9 +196,39 @@ unsigned NbdFile::open_connections() {
 
 // ------------------------------------------------------------------ the pool
 
+// Requires mu_ held. Whether one more connection may be opened: within the
+// places this file holds, or with one more from the chain's budget.
+bool NbdFile::may_open_locked() const {
+  const unsigned open = unsigned(idle_.size()) + busy_;
+  return open < tokens_ || (tokens_ < limit_ && (!budget_ || budget_->left() > 0));
+}
+
+// Requires mu_ held. Takes the place for one more connection (may_open_locked
+// said so; another file may have taken the budget's last place since).
+bool NbdFile::take_place_locked() {
+  if (unsigned(idle_.size()) + busy_ < tokens_)
+    return true;
+  if (tokens_ >= limit_ || (budget_ && !budget_->try_take()))
+    return false;
+  tokens_++;
+  return true;
+}
+
+// Requires mu_ held. A connection closed: places beyond the one the file
+// keeps go back to the chain's budget, for other files to use.
+void NbdFile::give_back_places_locked() {
+  const unsigned open = unsigned(idle_.size()) + busy_;
+  for (; tokens_ > std::max(1u, open); tokens_--)
+    if (budget_)
+      budget_->give_back();
+}
+
 // Requires mu_ held. The idle connection to use for a request, if any: for
-// block status, one with structured replies; for a read, a plain one, or a
-// structured one when no other connection may be opened.
+// block status, one with structured replies; for a read, a plain one, else a
+// structured one. A pool grows only when every connection is busy: opening a
+// plain one for a read while a structured one idles would take a place from
+// the chain's budget that a file opened later needs (a chain is opened level
+// by level, each reading its header before the next opens).
 std::optional<size_t> NbdFile::pick_idle(bool status) const {
   std::optional<size_t> fallback;
   for (size_t i = idle_.size(); i-- > 0;) {
@@ -162,9 +237,7 @@ std::optional<size_t> NbdFile::pick_idle(bool status) const {
     if (!status)
       fallback = i;
   }
-  if (fallback && idle_.size() + busy_ >= limit_)
-    return fallback;
-  return std::nullopt;
+  return fallback;
 }
 
 Result<NbdFile::Conn> NbdFile::acquire(bool status, Clock::time_point deadline) {
@@ -176,10 +249,10 @@ Result<NbdFile::Conn> NbdFile::acquire(bool status, Clock::time_point deadline) 
       busy_++;
       return c;
     }
-    if (idle_.size() + busy_ < limit_)
+    if (take_place_locked())
       break;
     // Block status, and the pool is full of idle plain connections: one of
-    // them makes room for a structured one.
+    // them makes room for a structured one (its place is taken over).
     if (!idle_.empty()) {
       Conn spare = std::move(idle_.back());
       idle_.pop_back();
@@ -189,13 +262,15 @@ Result<NbdFile::Conn> NbdFile::acquire(bool status, Clock::time_point deadline) 
       continue;
     }
     if (changed_.wait_until(lock, deadline) == std::cv_status::timeout && !pick_idle(status) &&
-        idle_.size() + busy_ >= limit_)
+        !may_open_locked())
       return failed("no connection became free within " +
                     std::to_string(options_.request_timeout_ms) + " ms");
   }
-  if (Clock::now() < retry_at_)
+  if (Clock::now() < retry_at_) {
+    give_back_places_locked();
     return failed("server unreachable (" + last_failure_ + "); next attempt in " +
                   std::to_string(ms_until(retry_at_)) + " ms");
+  }
   busy_++;
   lock.unlock();
   const bool structured = status || limit_ == 1;  // a lone connection does everything
@@ -209,6 +284,7 @@ Result<NbdFile::Conn> NbdFile::acquire(bool status, Clock::time_point deadline) 
     return Conn{std::move(*h), structured && block_status_};
   }
   busy_--;
+  give_back_places_locked();
   last_failure_ = s.message();
   retry_at_ = Clock::now() + std::chrono::milliseconds(backoff_ms_);
   backoff_ms_ = std::min(backoff_ms_ * 2, options_.backoff_max_ms);
@@ -221,6 +297,8 @@ void NbdFile::release(Conn c) {
   busy_--;
   if (c.h && nbd_aio_is_ready(c.h.get()))
     idle_.push_back(std::move(c));
+  else
+    give_back_places_locked();
   changed_.notify_one();
 }
 
@@ -229,7 +307,10 @@ void NbdFile::drop_idle() {
   {
     std::lock_guard lock(mu_);
     dead.swap(idle_);
+    give_back_places_locked();
   }
+  // The server went away: the one that comes back may serve other content.
+  status_.clear();
   // Closed here, outside the lock: nbd_close may wait for the socket.
 }
 
@@ -237,14 +318,14 @@ void NbdFile::drop_idle() {
 
 namespace {
 
-// Block status replies: the command is the callback's data.
+// Block status replies: the command's StatusReply is the callback's data.
 int collect_extents(void *user_data, const char *metacontext, uint64_t offset,
                     uint32_t *entries, size_t nr_entries, int *) {
   if (std::strcmp(metacontext, LIBNBD_CONTEXT_BASE_ALLOCATION) != 0)
     return 0;
-  auto *extents = static_cast<std::vector<std::pair<uint32_t, uint32_t>> *>(user_data);
+  auto *reply = static_cast<StatusReply *>(user_data);
   for (size_t i = 0; i + 1 < nr_entries; i += 2)
-    extents->emplace_back(entries[i], entries[i + 1]);
+    reply->add(entries[i], entries[i + 1] & LIBNBD_STATE_ZERO);
   (void)offset;  // always the command's offset
   return 0;
 }
@@ -265,7 +346,7 @@ Status NbdFile::run(Handle &handle, std::vector<Command> &commands, Clock::time_
     } else {
       nbd_extent_callback cb{};
       cb.callback = collect_extents;
-      cb.user_data = &c.extents;
+      cb.user_data = c.reply;
       c.cookie = nbd_aio_block_status(h, c.count, c.offset, cb, no_completion, 0);
     }
     if (c.cookie == -1) {
@@ -333,7 +414,8 @@ Status NbdFile::request(const char *what, uint64_t offset, std::vector<Command> 
     for (Command &c : commands) {
       c.cookie = 0;
       c.done = false;
-      c.extents.clear();
+      if (c.reply)
+        c.reply->reset();
     }
     Outcome outcome;
     Status s = run(conn->h, commands, deadline, outcome);
@@ -390,41 +472,30 @@ Result<qed::File::Run> NbdFile::probe_run(uint64_t offset, uint64_t limit) {
     return Run{true, limit};
   if (!block_status_ || limit == 0)
     return Run{false, limit};
-  // Ask about whole blocks from the one holding `offset`.
+  if (auto kept = status_.find(offset, limit))
+    return *kept;
+  // Ask about whole blocks from the one holding `offset`, as far as the
+  // window goes whatever `limit` is: callers walk on, and the reply answers
+  // their next probes.
   const uint64_t first = offset / min_block_ * min_block_;
-  uint64_t count = std::min(offset - first + limit, kMaxStatusRequest);
+  uint64_t count = std::max(status_.window(), offset - first + 1);
   count = std::min((count + min_block_ - 1) / min_block_ * min_block_,
                    (size_ - first) / min_block_ * min_block_);
+  count = std::min<uint64_t>(count, UINT32_MAX / min_block_ * min_block_);
   if (count == 0)  // the partial block at the end, which the server cannot answer for
     return Run{false, limit};
+  StatusReply reply(first, count);
   std::vector<Command> commands(1);
   commands[0].read = false;
   commands[0].count = uint32_t(count);
   commands[0].offset = first;
+  commands[0].reply = &reply;
   QED_RETURN_IF_ERROR(request("block status", offset, commands));
-  // The extent holding `offset`, and the ones after it of the same kind.
-  uint64_t pos = first;
-  bool found = false, zero = false;
-  uint64_t end = offset;
-  for (const auto &[length, flags] : commands[0].extents) {
-    const bool z = flags & LIBNBD_STATE_ZERO;
-    if (length == 0)
-      break;
-    const uint64_t next = pos + length;
-    if (!found && next > offset && pos <= offset) {
-      found = true;
-      zero = z;
-    } else if (found && z != zero) {
-      break;
-    }
-    if (found)
-      end = next;
-    pos = next;
-  }
+  status_.insert(std::move(reply));
+  if (auto answered = status_.find(offset, limit))
+    return *answered;
   // No answer for `offset`: call it data, which is always safe.
-  if (!found)
-    return Run{false, limit};
-  return Run{zero, std::min(end - offset, limit)};
+  return Run{false, limit};
 }
 
 }  // namespace qed_nbd

@@ -2,6 +2,8 @@
 
 #include <iterator>
 
+#include "this_host.h"
+
 namespace qed_nbd {
 
 namespace {
@@ -33,9 +35,19 @@ qed::Result<std::string> NbdStore::identity(const std::string &uri) {
   return std::string("nbd ").append(uri);
 }
 
-qed::Result<std::unique_ptr<qed::File>> NbdStore::open(const std::string &uri) {
+qed::Result<std::unique_ptr<qed::File>> NbdStore::open(const std::string &uri,
+                                                      const qed::BackingPlace &place) {
   QED_RETURN_IF_ERROR(check_nbd_uri(uri));
-  auto file = NbdFile::open(uri, options_);
+  NbdOptions options = options_;
+  if (place.below_network && !allow_this_host_) {
+    if (auto why = uri_reaches_this_host(uri))
+      return qed::Status::not_supported(
+          uri + ": refused: " + *why +
+          "; a backing file named by an image on an NBD server must not reach this host" +
+          options.allow_this_host_hint);
+    options.refuse_this_host = true;
+  }
+  auto file = NbdFile::open(uri, options, budget_);
   if (!file)
     return file.status();
   return std::unique_ptr<qed::File>(std::move(*file));

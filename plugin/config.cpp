@@ -131,7 +131,7 @@ const Key kKeys[] = {
        file_as_given = v;
        return 0;
      }},
-    {"cache-size", "<SIZE>", "L2 table cache per image in the chain (default 64M).",
+    {"cache-size", "<SIZE>", "L2 table cache for the whole backing chain (default 64M).",
      [](Config &c, const char *k, const char *v) { return parse_size(k, v, c.cache_bytes); }},
     {"check", "auto|repair|report|off", "Consistency check at open (default auto).",
      [](Config &c, const char *, const char *v) { return parse_check(v, c.check); }},
@@ -139,13 +139,16 @@ const Key kKeys[] = {
      "Backing files: local (true, the default), none, or local and NBD URIs.",
      [](Config &c, const char *, const char *v) { return parse_allow_backing(c, v); }},
     {"backing-connections", "<N>",
-     "Most connections to each NBD backing server (default 8).",
+     "Most connections to NBD servers for the whole backing chain (default 8).",
      [](Config &c, const char *k, const char *v) {
        return parse_connections(k, v, c.backing_connections);
      }},
     {"locking", "auto|on|off",
      "QEMU's image locks (default auto: on where the file system has them).",
      [](Config &c, const char *, const char *v) { return parse_locking(v, c.locking); }},
+    {"allow-local-exports", "true",
+     "Below an image on an NBD server, allow NBD backing files on this host.",
+     [](Config &c, const char *, const char *v) { return parse_bool(v, c.allow_local_exports); }},
     {"size", "<SIZE>", "Size of a new image; on an existing image, grow it to SIZE.",
      [](Config &c, const char *k, const char *v) { return parse_size(k, v, c.size); }},
     {"create", "true", "Create file= as a new, empty image (needs size= or backing=).",

@@ -21,6 +21,7 @@ struct Config {
   bool allow_backing = true;           // allow-backing=false
   bool allow_network_backing = false;  // allow-backing=network
   unsigned backing_connections = 8;    // backing-connections=
+  bool allow_local_exports = false;    // allow-local-exports=true
   qed::CheckPolicy check = qed::CheckPolicy::kAuto;  // check=
   qed::Locking locking = qed::Locking::kAuto;        // locking=
   // nbdkit runs with -r (nbdkit_args.h): the image is locked as a reader;

@@ -4,7 +4,7 @@
 // One Image serves every connection. It is opened read-only in .get_ready (so
 // a bad image stops nbdkit at start-up with a clear message) and reopened
 // read-write by the first connection that may write (.open tells us whether
-// nbdkit runs with -r). Image is thread-safe, hence THREAD_MODEL PARALLEL and
+// nbdkit runs with -r); if that reopen fails, the next connection tries again. Image is thread-safe, hence THREAD_MODEL PARALLEL and
 // can_multi_conn: flush covers every connection's writes.
 #define NBDKIT_API_VERSION 2
 #include <nbdkit-plugin.h>
@@ -23,6 +23,7 @@
 #include "image.h"
 #include "nbdkit_extents.h"
 #include "nbd_store.h"
+#include "printable.h"
 
 #define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
 
@@ -46,6 +47,7 @@ qed::Image &image_of(void *handle) { return *static_cast<Handle *>(handle)->imag
 // Where backing files are opened: local files through the engine's POSIX
 // store; NBD URIs through libnbd with allow-backing=network, else refused
 // with a message naming the key (the engine adds the image and the URI).
+// Each open gets a store of its own: the store bounds its chain's connections.
 qed::BackingStores backing_stores() {
   const Config &c = config();
   qed::BackingStores stores;
@@ -53,7 +55,9 @@ qed::BackingStores backing_stores() {
   if (c.allow_network_backing) {
     qed_nbd::NbdOptions nbd;
     nbd.connections = c.backing_connections;
-    stores.network = std::make_shared<qed_nbd::NbdStore>(nbd);
+    nbd.allow_this_host_hint = " (allow-local-exports=true allows it)";
+    nbd.connections_hint = "; backing-connections=" + std::to_string(c.backing_connections);
+    stores.network = std::make_shared<qed_nbd::NbdStore>(nbd, c.allow_local_exports);
   } else {
     stores.network = std::make_shared<qed::RefusingBackingStore>(
         "network backing files are refused unless allowed with allow-backing=network");
@@ -124,18 +128,21 @@ void qed_cleanup() {
   });
 }
 
+// A client that may write needs the read-write instance. When opening it
+// failed (the NBD server of a backing file was down, say), nothing is served
+// and the next client tries again: one failure must not outlive its cause.
 void *qed_open(int readonly) {
   Handle *h = nullptr;
   guarded([&] {
     std::lock_guard lock(served_mu);
-    if (!readonly && !served_writable) {
-      if (!served)
-        return report(qed::Status::io_error("image is not open", EIO));
+    if (!served || (!readonly && !served_writable)) {
       // Drop the read-only instance first: the file must have one owner, and
       // its locks would refuse ours. Another process that locks the image in
       // the moment between is refused by ours or refuses us (see file_lock.h).
+      // A failed open leaves nothing served: the next client tries again.
       served.reset();
-      if (open_served(false) == -1)
+      served_writable = false;
+      if (open_served(readonly) == -1)
         return -1;
     }
     h = new Handle{served};
@@ -158,9 +165,14 @@ int qed_block_size(void *handle, uint32_t *minimum, uint32_t *preferred, uint32_
   return 0;
 }
 
+// It names the backing chain as the images name it: printable() for clients.
 const char *qed_export_description(void *handle) {
-  const std::string d = image_of(handle).description();
-  return nbdkit_strdup_intern(d.c_str());
+  const char *d = nullptr;
+  guarded([&] {
+    d = nbdkit_strdup_intern(qed_nbdkit::printable(image_of(handle).description()).c_str());
+    return 0;
+  });
+  return d;
 }
 
 int qed_can_write(void *handle) { return !image_of(handle).read_only(); }

@@ -38,7 +38,7 @@ def alive(pid):
         with open("/proc/%d/status" % pid) as f:
             return not any(line.startswith("State:") and line.split()[1] in "ZX"
                            for line in f)
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone, or being reaped as we read
         return False
 
 

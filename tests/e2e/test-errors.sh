@@ -110,6 +110,25 @@ poke bname.qed $OFF_BNAME 4 65500                  # name runs past the header c
 poke bname.qed $OFF_BSIZE 4 100
 must_refuse "backing name outside the header" bname.qed bname.qed
 
+# A backing name with a terminal escape and a newline (a fake log line): the message
+# quotes it escaped, and no control character reaches the log.  Through the filter,
+# without qed-backing= (which would be the user's own words, printed by nbdkit).
+echo "== a backing file name with control characters is printed escaped"
+qemu-img create -q -f qed -u -b $'gone\x1b[31m\nFAKE LOG LINE' -F raw ctl.qed 1M
+if [[ $frontend == plugin ]]; then
+  refuses file=ctl.qed || fail "an image over a missing backing file was served"
+else
+  rm -f ran "$tmp/sock"
+  QED_NBDKIT_TIMEOUT=8 qed_nbdkit -U "$tmp/sock" --filter="$filter" file "$tmp/ctl.qed" \
+    --run "nbdinfo --size \"\$uri\" >/dev/null && touch ran" || true
+  [[ ! -e ran ]] || fail "the filter served an image whose backing file it cannot open"
+fi
+grep -qF 'gone\x1b[31m\x0aFAKE LOG LINE' "$nbdkit_err" ||
+  fail "the backing file name is not quoted escaped"
+if grep -q $'\x1b' "$nbdkit_err" || grep -q '^FAKE' "$nbdkit_err"; then
+  fail "control characters from the image reached the log"
+fi
+
 # L2 entries pointing beyond the end of the file read as unallocated.
 echo "== L2 entry beyond EOF reads as unallocated"
 # l2_entry_offset IMAGE GUEST_OFFSET: file offset of the L2 entry mapping the offset

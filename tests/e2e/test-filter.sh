@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The filter's own behaviour (the read tests also run through it, see meson.build):
-# read-only, and nothing ever written below; writes through --filter=cow; one
-# context into the plugin for every connection; multi-conn as the layer below says;
+# read-only, and nothing ever written below; writes through --filter=cow; one image
+# for every connection, each reading through its own context into the plugin, and
+# no error line at a normal start over the nbd plugin; multi-conn as the layer below says;
 # the errno of a failure below reaching the client; a layer below that takes no
 # parallel requests, or only aligned ones; the backing-file keys; dirty images.
 # Needs QED_FILTER (the built nbdkit-qed-filter.so).
@@ -86,10 +87,16 @@ serve 'export uri; /usr/bin/python3 cow.py && nbdinfo "$uri" >/dev/null &&
   --filter=cow --filter="$filter" --filter=log file img.qed logfile="$tmp/below.log" ||
   fail "writes through --filter=cow --filter=qed"
 [[ $(sha256sum img.qed) == "$sum" ]] || fail "the image changed"
-# below.log is what the plugin was asked: one read-only context for every
-# connection (three clients here, two of them opening two connections), reads only.
-[[ $(grep -c ' Connect ' below.log) -eq 1 ]] || { cat below.log; fail "not one context below"; }
-grep -q ' Connect .* write=0 ' below.log || { cat below.log; fail "the context below is writable"; }
+# below.log is what the plugin was asked: a read-only context for each connection
+# (three clients here, two of them opening two connections), reads only, and the
+# image read once: its header by one connection only.
+[[ $(grep -c ' Connect ' below.log) -eq 5 ]] || { cat below.log; fail "not one context per connection"; }
+if grep ' Connect ' below.log | grep -vq ' write=0 '; then
+  cat below.log
+  fail "a context below is writable"
+fi
+[[ $(grep ' Read id=[0-9]* offset=0x0 ' below.log | awk '{ print $3 }' | sort -u | wc -l) -eq 1 ]] ||
+  { cat below.log; fail "the image was read again by another connection"; }
 if grep -Eq ' (Write|Trim|Zero|Flush|Cache) ' below.log; then
   cat below.log
   fail "a write-side request reached the plugin"
@@ -113,13 +120,26 @@ below_nbd memory "$(stat -c %s img.qed)"
 serve 'nbdinfo --can multi-conn "$uri"' --filter="$filter" nbd socket="$tmp/below.sock" ||
   fail "no multi-conn over an NBD server that has it"
 stop_below
+
+echo "== a normal start over the nbd plugin logs no error"
+# nbdkit 1.32's nbd plugin asks for the client's export name when it is opened:
+# a context of the filter's own, opened for no client, made it log
+# "error: no connection in this thread" at every start.
+below_nbd memory "$(stat -c %s img.qed)"
+serve 'nbdcopy "$uri" out.raw && nbdinfo "$uri" >/dev/null' -v --filter="$filter" \
+  nbd socket="$tmp/below.sock" || fail "serving over the nbd plugin"
+cmp ref.raw out.raw || fail "over the nbd plugin, the export differs from qemu's decoding"
+if grep 'error' "$nbdkit_err"; then
+  fail "a normal start over the nbd plugin logged an error"
+fi
+stop_below
 below_nbd --filter=multi-conn memory "$(stat -c %s img.qed)" multi-conn-mode=disable
 if serve 'nbdinfo --can multi-conn "$uri"' --filter="$filter" nbd socket="$tmp/below.sock"; then
   fail "multi-conn over an NBD server without it"
 fi
 stop_below
 
-echo "== an image that cannot be opened at start-up is tried again by each client"
+echo "== an image that cannot be opened is tried again by each client"
 # The NBD server below is not there when nbdkit starts; the first client is
 # refused, then the server starts and the next client is served. Under the
 # sanitizer nbdkit can hang at exit after the first failure (see functions.sh):
@@ -192,12 +212,13 @@ PY
 # (unit-next-file covers the serialisation under ASan and TSan).
 if ! sanitized; then
   echo "== a layer below without parallel requests on one handle gets one at a time"
-  rm -rf busy overlapped
-  detect="if ! mkdir $tmp/busy 2>/dev/null; then touch $tmp/overlapped; fi; sleep 0.02"
+  # Each handle (one per connection, named by its open) has its own busy marker.
+  rm -rf busy-* overlapped
+  detect="if ! mkdir $tmp/busy-\$2 2>/dev/null; then touch $tmp/overlapped; fi; sleep 0.02"
   copy="dd if=$tmp/img.qed iflag=skip_bytes,count_bytes skip=\$4 count=\$3 status=none"
   serve 'export uri; /usr/bin/python3 parallel.py' --filter="$filter" \
-    eval get_size="stat -c %s $tmp/img.qed" \
-    pread="$detect; $copy; rmdir $tmp/busy 2>/dev/null || true" \
+    eval get_size="stat -c %s $tmp/img.qed" open='echo h$$' \
+    pread="$detect; $copy; rmdir $tmp/busy-\$2 2>/dev/null || true" \
     thread_model='echo serialize_requests' || fail "reads over a serialize_requests plugin"
   [[ ! -e overlapped ]] || fail "two requests reached a serialize_requests plugin's handle at once"
 fi
@@ -292,6 +313,24 @@ refused "a local name below an NBD base" --filter="$filter" file chain/top.qed \
   qed-backing="nbd+unix:///?socket=$tmp/base.sock"
 said "local backing file below a network image is refused"
 kill "$(cat "$tmp/base.pid")"
+# A QED base over NBD whose own backing file is an NBD export on this host: refused
+# unless qed-allow-local-exports=true.
+rm -f "$tmp/base.sock" "$tmp/raw.sock"
+nbdkit -r -U "$tmp/raw.sock" -P "$tmp/raw.pid" file "$tmp/chain/base.raw"
+cp chain/mid.qed urimid.qed
+qemu-img rebase -q -u -f qed -b "nbd+unix:///?socket=$tmp/raw.sock" -F raw urimid.qed
+nbdkit -r -U "$tmp/base.sock" -P "$tmp/base.pid" file "$tmp/urimid.qed"
+for i in $(seq 50); do [[ -S $tmp/base.sock && -S $tmp/raw.sock ]] && break; sleep 0.1; done
+refused "an NBD export on this host below an NBD base" --filter="$filter" file chain/top.qed \
+  qed-backing="nbd+unix:///?socket=$tmp/base.sock"
+said "nbd+unix:///?socket=$tmp/raw.sock: refused: a Unix socket" \
+  "(qed-allow-local-exports=true allows it)"
+rm -f out.raw
+serve 'nbdcopy "$uri" out.raw' --filter="$filter" file chain/top.qed \
+  qed-backing="nbd+unix:///?socket=$tmp/base.sock" qed-allow-local-exports=true ||
+  fail "qed-allow-local-exports=true"
+cmp top.ref.raw out.raw || fail "with qed-allow-local-exports=true, the export differs"
+kill "$(cat "$tmp/base.pid")" "$(cat "$tmp/raw.pid")"
 refused "a URI that is not NBD" --filter="$filter" file chain/top.qed \
   qed-backing="http://localhost/base.qed"
 said "qed-backing: http://localhost/base.qed" 'protocol "http" is not supported'
@@ -332,7 +371,7 @@ grep -Eq "check: .* 1 entries past the end of the file" "$nbdkit_err" ||
 
 echo "== --help lists the keys"
 qed_nbdkit --filter="$filter" null --help >help.txt
-for k in qed-backing= qed-backing-format= qed-cache-size= qed-check=; do
+for k in qed-backing= qed-backing-format= qed-cache-size= qed-check= qed-allow-local-exports=; do
   grep -qF -- "$k" help.txt || fail "--help does not list $k"
 done
 

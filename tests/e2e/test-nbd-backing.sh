@@ -112,15 +112,19 @@ qemu-img check -q new.p.qed || fail "qemu-img check of the plugin's writes over 
 check_same_as_qemu new.p.qed $net
 
 echo "== a QED base served raw by nbdkit, on its own NBD base (a chain of URIs)"
+# Every server here is on this host, which the remote image may name only with
+# allow-local-exports=true (test-nbd-trust.sh has the refusals).
 start_base mid -r file top.qed   # top.qed (over the raw base) is now a base itself
 qemu-img create -q -f qed -b "$(base_uri mid)" -F qed chain.qed
 qio_ok chain.qed 'write -P 0x71 64k 64k' 'write -P 0x72 21M 4k'
-check_same_as_qemu chain.qed $net
-serve_ro chain.qed 'nbdinfo "$uri"' $net >chain.info || fail "nbdinfo on the chain"
+check_same_as_qemu chain.qed $net allow-local-exports=true
+serve_ro chain.qed 'nbdinfo "$uri"' $net allow-local-exports=true >chain.info ||
+  fail "nbdinfo on the chain"
 grep -qF "backing file: qed $(base_uri mid)" chain.info || fail "the description does not show the QED base"
 grep -qF "backing file: raw $uri" chain.info || fail "the description does not show the raw base below it"
 # create=true over the QED export probes its format and takes its virtual size.
-serve_rw probed.qed 'nbdinfo --size "$uri" >size.out' create=true backing="$(base_uri mid)" $net ||
+serve_rw probed.qed 'nbdinfo --size "$uri" >size.out' create=true backing="$(base_uri mid)" $net \
+  allow-local-exports=true ||
   fail "create=true over a QED export"
 [[ $(cat size.out) -eq $((32 * MiB)) ]] || fail "create=true over a QED export: size $(cat size.out)"
 # A remote image whose backing file is a local name is refused.

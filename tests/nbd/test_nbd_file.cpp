@@ -24,154 +24,15 @@
 
 #include "nbd_file.h"
 #include "nbd_store.h"
+#include "nbd_test_util.h"
 
 using qed::Status;
 using qed_nbd::NbdFile;
 using qed_nbd::NbdOptions;
 using Code = qed::Status::Code;
 using namespace std::chrono_literals;
+using namespace nbd_test;
 
-namespace {
-
-constexpr uint64_t MiB = 1 << 20;
-
-bool have_nbdkit() {
-  static const bool have = std::system("nbdkit --version >/dev/null 2>&1") == 0;
-  return have;
-}
-
-class TempDir {
-public:
-  TempDir() {
-    char tmpl[] = "/tmp/qed-nbd-XXXXXX";
-    REQUIRE(::mkdtemp(tmpl) != nullptr);
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  std::string file(const std::string &name) const { return path_ + "/" + name; }
-
-private:
-  std::string path_;
-};
-
-// One nbdkit in the foreground on a Unix socket; stopped (TERM, then KILL)
-// when destroyed. Close every NbdFile on it first: nbdkit waits for its
-// clients when terminated.
-class Server {
-public:
-  Server(const TempDir &dir, const std::string &name, std::vector<std::string> args)
-      : socket_(dir.file(name + ".sock")), args_(std::move(args)) {
-    start();
-  }
-  ~Server() { stop(SIGTERM); }
-  std::string uri() const { return "nbd+unix:///?socket=" + socket_; }
-
-  void start() {
-    ::unlink(socket_.c_str());
-    std::vector<std::string> argv = {"nbdkit", "-f", "--exit-with-parent", "-U", socket_};
-    argv.insert(argv.end(), args_.begin(), args_.end());
-    pid_ = ::fork();
-    REQUIRE(pid_ >= 0);
-    if (pid_ == 0) {
-      std::vector<char *> p;
-      for (auto &a : argv)
-        p.push_back(a.data());
-      p.push_back(nullptr);
-      const int null = ::open("/dev/null", O_WRONLY);
-      ::dup2(null, 1);
-      ::execvp("nbdkit", p.data());
-      ::_exit(127);
-    }
-    // Until the socket accepts connections (nbdkit binds, then listens).
-    for (int i = 0; i < 1000; i++) {
-      if (connectable())
-        return;
-      int status;
-      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
-        pid_ = -1;
-        FAIL("nbdkit exited at start-up");
-      }
-      std::this_thread::sleep_for(10ms);
-    }
-    FAIL("nbdkit did not create its socket");
-  }
-  bool connectable() const {
-    const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-      return false;
-    sockaddr_un addr{};
-    addr.sun_family = AF_UNIX;
-    std::strncpy(addr.sun_path, socket_.c_str(), sizeof addr.sun_path - 1);
-    const bool ok = ::connect(fd, reinterpret_cast<sockaddr *>(&addr), sizeof addr) == 0;
-    ::close(fd);
-    return ok;
-  }
-  // Stops the server; with SIGTERM it waits up to 5 s, then kills it.
-  void stop(int sig) {
-    if (pid_ <= 0)
-      return;
-    ::kill(pid_, sig);
-    for (int i = 0; i < 500; i++) {
-      int status;
-      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
-        pid_ = -1;
-        return;
-      }
-      std::this_thread::sleep_for(10ms);
-    }
-    ::kill(pid_, SIGKILL);
-    ::waitpid(pid_, nullptr, 0);
-    pid_ = -1;
-  }
-
-private:
-  const std::string socket_;
-  const std::vector<std::string> args_;
-  pid_t pid_ = -1;
-};
-
-NbdOptions quick_options() {
-  NbdOptions o;
-  o.connect_timeout_ms = 3000;
-  o.request_timeout_ms = 5000;
-  o.backoff_min_ms = 50;
-  o.backoff_max_ms = 200;
-  return o;
-}
-
-std::unique_ptr<NbdFile> open_ok(const std::string &uri, const NbdOptions &o = quick_options()) {
-  auto f = NbdFile::open(uri, o);
-  INFO(f.status().message());
-  REQUIRE(f.is_ok());
-  return std::move(*f);
-}
-
-std::vector<uint8_t> pattern(size_t n, uint32_t seed) {
-  std::vector<uint8_t> v(n);
-  uint32_t x = seed * 2654435761u | 1;
-  for (auto &b : v) {
-    x ^= x << 13;
-    x ^= x >> 17;
-    x ^= x << 5;
-    b = uint8_t(x) | 1;
-  }
-  return v;
-}
-
-void write_file(const std::string &path, const std::vector<uint8_t> &bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(reinterpret_cast<const char *>(bytes.data()), std::streamsize(bytes.size()));
-  REQUIRE(out.good());
-}
-
-bool contains(const std::string &s, const std::string &what) {
-  return s.find(what) != std::string::npos;
-}
-
-}  // namespace
 
 TEST_SUITE_BEGIN("nbd");
 
@@ -194,7 +55,7 @@ TEST_CASE("check_nbd_uri takes libnbd's URIs and refuses the rest, saying why") 
   qed_nbd::NbdStore store(quick_options());
   CHECK(*store.identity("nbd://h/e") == "nbd nbd://h/e");
   CHECK(!store.identity("http://h/e").is_ok());
-  CHECK(!store.open("http://h/e").is_ok());
+  CHECK(!store.open("http://h/e", qed::BackingPlace{}).is_ok());
 }
 
 TEST_CASE("reads, the size, zeroes past the end, and no writes") {
@@ -322,6 +183,72 @@ TEST_CASE("probe_run reports base:allocation holes and data") {
     CHECK(!r->hole);
     CHECK(r->length == 8192);
   }
+}
+
+namespace {
+
+// What nbdkit's log filter says the server was asked: block status requests,
+// and the extents it sent back.
+struct StatusLog {
+  int requests = 0;
+  uint64_t extents = 0;
+};
+
+StatusLog read_status_log(const std::string &path) {
+  StatusLog log;
+  std::ifstream in(path);
+  for (std::string line; std::getline(in, line);) {
+    if (contains(line, " Extents id="))
+      log.requests++;
+    if (contains(line, " ...Extents id="))  // each extent: offset length "type"
+      log.extents += uint64_t(std::count(line.begin(), line.end(), '"')) / 2;
+  }
+  return log;
+}
+
+}  // namespace
+
+TEST_CASE("a walk over a fragmented export: every run, requests and extents linear") {
+  if (!have_nbdkit())
+    return;
+  TempDir dir;
+  // The data plugin's 32 KiB pages: data and a hole in each 64 KiB, 3000
+  // extents, more than one reply keeps (StatusCache::kMaxSpans).
+  const int pairs = 1500;
+  Server server(dir, "frag",
+                {"--filter=log", "data", "(1 @+65535)*" + std::to_string(pairs),
+                 "logfile=" + dir.file("frag.log")});
+  {
+    auto f = open_ok(server.uri());
+    REQUIRE(f->has_block_status());
+    const uint64_t size = *f->size();
+    REQUIRE(size == uint64_t(pairs) * 65536);
+    int runs = 0;
+    for (uint64_t pos = 0; pos < size;) {
+      auto run = f->probe_run(pos, size - pos);
+      INFO(run.status().message());
+      REQUIRE(run.is_ok());
+      CAPTURE(pos);
+      // Runs may end early (at the end of a reply), never late.
+      const uint64_t page_end = (pos / 32768 + 1) * 32768;
+      REQUIRE(run->hole == (pos / 32768 % 2 == 1));
+      REQUIRE(run->length <= page_end - pos);
+      REQUIRE(run->length > 0);
+      pos += run->length;
+      runs++;
+    }
+    CHECK(runs >= 2 * pairs);
+    CHECK(runs <= 2 * pairs + 8);
+  }
+  server.stop(SIGTERM);  // the log is complete
+  const StatusLog log = read_status_log(dir.file("frag.log"));
+  MESSAGE("3000 extents: " << log.requests << " block status requests, " << log.extents
+                           << " extents sent");
+  CHECK(log.requests >= 1);
+  // Linear: each request answers about kMaxSpans extents (it was one request
+  // per extent, and N^2/2 extents sent).
+  CHECK(log.requests <= 2 * pairs / 1000 + 4);
+  CHECK(log.extents <= 3 * 2 * pairs);
 }
 
 TEST_CASE("parallel reads use up to N connections with multi-conn, one without") {

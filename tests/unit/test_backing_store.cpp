@@ -30,13 +30,16 @@ public:
     files_[uri] = std::make_shared<qed::MemoryFile>(std::move(bytes), uri);
   }
   std::vector<std::string> asked;  // every name given to identity() or open()
+  std::vector<qed::BackingPlace> places;  // what open() was told of each
 
   qed::Result<std::string> identity(const std::string &name) override {
     asked.push_back(name);
     return std::string("fake ").append(name);
   }
-  qed::Result<std::unique_ptr<qed::File>> open(const std::string &name) override {
+  qed::Result<std::unique_ptr<qed::File>> open(const std::string &name,
+                                               const qed::BackingPlace &place) override {
     asked.push_back(name);
+    places.push_back(place);
     auto it = files_.find(name);
     if (it == files_.end())
       return Status::io_error(name + ": no such export", ENOENT);
@@ -54,7 +57,8 @@ public:
     FAIL_CHECK("the local store was asked about " << name);
     return Status::io_error("forbidden", EIO);
   }
-  qed::Result<std::unique_ptr<qed::File>> open(const std::string &name) override {
+  qed::Result<std::unique_ptr<qed::File>> open(const std::string &name,
+                                               const qed::BackingPlace &) override {
     FAIL_CHECK("the local store was asked to open " << name);
     return Status::io_error("forbidden", EIO);
   }
@@ -147,7 +151,7 @@ TEST_CASE("a URI goes to the network store, never to the file system") {
   std::vector<uint8_t> data(1000, 0xab);
   REQUIRE((*w)->write(data.data(), data.size(), 5000, false).is_ok());
   REQUIRE((*w)->close().is_ok());
-  auto again = fake->open("nbd://fake/base");
+  auto again = fake->open("nbd://fake/base", qed::BackingPlace{});
   REQUIRE(again.is_ok());
   std::vector<uint8_t> head(6000);
   REQUIRE((*again)->pread(head.data(), head.size(), 0).is_ok());
@@ -234,12 +238,18 @@ TEST_CASE("a chain of QED images behind URIs, and a loop among them") {
   fake->add("nbd://h/mid", qt::read_whole_file(dir.file("mid.qed")));
   create_over(dir.file("top.qed"), 0, "nbd://h/mid", "", stores);  // probed: qed
   {
+    fake->places.clear();
     auto t = Image::open(dir.file("top.qed"), with_stores(stores));
     INFO(t.status().message());
     REQUIRE(t.is_ok());
     CHECK((*t)->size() == 2 * MiB);
     QT_CHECK_SAME(qt::read_all(**t), raw);
     CHECK((*t)->description().find("qed nbd://h/mid") != std::string::npos);
+    // The store is told whose words each name is: the local image's, then
+    // the remote image's.
+    REQUIRE(fake->places.size() == 2);
+    CHECK(!fake->places[0].below_network);
+    CHECK(fake->places[1].below_network);
   }
 
   SUBCASE("a loop through URIs is found by name, without a lookup") {
@@ -293,7 +303,7 @@ TEST_CASE("the POSIX store: identity is device and inode") {
   auto missing = store.identity(dir.file("nope"));
   REQUIRE(!missing.is_ok());
   CHECK(missing.status().message().find(dir.file("nope")) != std::string::npos);
-  auto f = store.open(dir.file("g"));
+  auto f = store.open(dir.file("g"), qed::BackingPlace{});
   REQUIRE(f.is_ok());
   CHECK(*(*f)->size() == 10);
 }

@@ -1,6 +1,7 @@
 // The filter's NextFile over a fake nbdkit_next: reads obey the limits of the
 // layer below (alignment, largest request, the export's end), errors keep
-// their errno, writes never reach it, and calls are serialised when asked.
+// their errno, writes never reach it, and each thread reads through the
+// context it named (NextFile::Through), none without one.
 #include <doctest/doctest.h>
 
 #include <nbdkit-filter.h>
@@ -126,8 +127,8 @@ TEST_CASE("reads obey alignment, the largest request and the end of the export")
     b.alignment = c.alignment;
     b.max = c.max;
     nbdkit_next_ops ops = fake_next();
-    NextFile file("below", &ops, c.size, qed_filter::limits_from_block_size(c.alignment, c.max),
-                  false);
+    const NextFile::Through through(&ops);
+    NextFile file("below", c.size, qed_filter::limits_from_block_size(c.alignment, c.max));
     CHECK(*file.size() == c.size);
     qt::Rng rng(c.alignment);
     std::vector<std::pair<uint64_t, size_t>> reads = {
@@ -155,7 +156,8 @@ TEST_CASE("an error below keeps its errno and names the export and the offset") 
   b.fail_errno = ENOSPC;
   b.fail_offset = 70000;
   nbdkit_next_ops ops = fake_next();
-  NextFile file("the plugin's export", &ops, b.data.size(), NextLimits{}, false);
+  const NextFile::Through through(&ops);
+  NextFile file("the plugin's export", b.data.size(), NextLimits{});
   std::vector<uint8_t> buf(8192);
   CHECK(file.pread(buf.data(), buf.size(), 0).is_ok());
   const qed::Status s = file.pread(buf.data(), buf.size(), 65536);
@@ -171,7 +173,8 @@ TEST_CASE("nothing is ever written below") {
   below = &b;
   b.data = pattern(65536);
   nbdkit_next_ops ops = fake_next();  // its pwrite, trim, zero and flush are null
-  NextFile file("below", &ops, b.data.size(), NextLimits{}, false);
+  const NextFile::Through through(&ops);
+  NextFile file("below", b.data.size(), NextLimits{});
   const uint8_t byte = 1;
   for (const qed::Status &s :
        {file.pwrite(&byte, 1, 0), file.truncate(0), file.extend_to(1 << 20),
@@ -183,32 +186,64 @@ TEST_CASE("nothing is ever written below") {
   CHECK(b.calls == 0);
 }
 
-TEST_CASE("calls are serialised when the layer below needs it") {
-  for (const bool serialize : {true, false}) {
-    CAPTURE(serialize);
-    Below b;
-    below = &b;
-    b.data = pattern(1 << 20);
-    b.delay = std::chrono::microseconds(500);
-    nbdkit_next_ops ops = fake_next();
-    NextFile file("below", &ops, b.data.size(), NextLimits{}, serialize);
-    std::vector<std::thread> threads;
-    std::atomic<int> failures{0};
-    for (int t = 0; t < 8; t++)
-      threads.emplace_back([&, t] {
-        std::vector<uint8_t> buf(4096);
-        for (int i = 0; i < 25; i++)
-          if (!file.pread(buf.data(), buf.size(), uint64_t(t * 25 + i) * 4096).is_ok())
-            failures++;
-      });
-    for (auto &t : threads)
-      t.join();
-    CHECK(failures == 0);
-    if (serialize)
-      CHECK(b.max_in_flight == 1);
-    else
-      CHECK(b.max_in_flight > 1);  // 200 calls of 0.5 ms on 8 threads overlap
+// A second fake layer below, to tell which context a read went through.
+std::atomic<int> other_calls{0};
+int other_pread(nbdkit_next *next, void *buf, uint32_t count, uint64_t offset, uint32_t flags,
+                int *err) {
+  other_calls++;
+  return fake_pread(next, buf, count, offset, flags, err);
+}
+
+TEST_CASE("each thread reads through the context it named, and none without one") {
+  Below b;
+  below = &b;
+  b.data = pattern(1 << 20);
+  b.delay = std::chrono::microseconds(200);
+  nbdkit_next_ops first = fake_next();
+  nbdkit_next_ops second = fake_next();
+  second.pread = other_pread;
+  other_calls = 0;
+  NextFile file("below", b.data.size(), NextLimits{});
+  std::vector<uint8_t> buf(4096);
+  {
+    const qed::Status s = file.pread(buf.data(), buf.size(), 0);
+    CHECK(s.code() == Code::kIoError);
+    CHECK(s.message() == "below: reading at offset 0: no connection to the layer below on this "
+                         "thread");
+    CHECK(b.calls == 0);
   }
+  // Threads of two connections at once: each read goes through its own.
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; t++)
+    threads.emplace_back([&, t] {
+      const NextFile::Through through(t % 2 ? &second : &first);
+      std::vector<uint8_t> mine(4096);
+      for (int i = 0; i < 25; i++) {
+        const uint64_t off = uint64_t(t * 25 + i) * 4096;
+        if (!file.pread(mine.data(), mine.size(), off).is_ok() ||
+            mine != expected(b.data, off, mine.size()))
+          failures++;
+      }
+    });
+  for (auto &t : threads)
+    t.join();
+  CHECK(failures == 0);
+  CHECK(b.calls == 200);
+  CHECK(other_calls == 100);
+  // Nested: the inner one applies, then the outer one again.
+  {
+    const NextFile::Through outer(&first);
+    {
+      const NextFile::Through inner(&second);
+      REQUIRE(file.pread(buf.data(), buf.size(), 0).is_ok());
+    }
+    CHECK(other_calls == 101);
+    REQUIRE(file.pread(buf.data(), buf.size(), 0).is_ok());
+    CHECK(other_calls == 101);
+    CHECK(b.calls == 202);
+  }
+  CHECK(!file.pread(buf.data(), buf.size(), 0).is_ok());
 }
 
 TEST_SUITE_END();
