@@ -19,7 +19,8 @@
 //     opens (what a power loss left, or a closed image); a repair cuts off
 //     no more than the leaks; a session without a power loss leaks nothing
 //     new; after a power loss the independent structural check
-//     (test_helpers.h) agrees.
+//     (test_helpers.h) agrees, on that state and on the states every sync
+//     point of the log allows, all kept and torn (crash_sweep.h).
 // Single-threaded, so every run is deterministic and every finding replays.
 //
 // Input: byte 0 the scenario (geometry, backing file), byte 1 the cache size,

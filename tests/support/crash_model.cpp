@@ -83,11 +83,17 @@ void CrashStates::advance_base_to(long sync_index) {
 }
 
 std::vector<uint8_t> CrashStates::state_at(size_t k, Survival survival, std::mt19937_64 &rng) {
+  std::vector<uint8_t> file;
+  state_at(k, survival, rng, file);
+  return file;
+}
+
+void CrashStates::state_at(size_t k, Survival survival, std::mt19937_64 &rng,
+                           std::vector<uint8_t> &file) {
   const long sync = last_sync_[k];
   advance_base_to(sync);
-  std::vector<uint8_t> file;
   file.reserve(max_size_);
-  file = base_;
+  file.assign(base_.begin(), base_.end());
   for (size_t i = size_t(sync + 1); i < k; i++) {
     const auto &r = log_[i];
     if (survival == Survival::kNone)
@@ -99,7 +105,6 @@ std::vector<uint8_t> CrashStates::state_at(size_t k, Survival survival, std::mt1
     else if (rng() & 1)
       apply(file, r);
   }
-  return file;
 }
 
 }  // namespace crash
