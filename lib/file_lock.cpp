@@ -38,35 +38,33 @@ bool is_unsupported(int err) {
   return err == EINVAL || err == ENOLCK || err == EOPNOTSUPP || err == ENOSYS;
 }
 
-// A shared lock on one byte; fails only when someone holds it exclusively
-// (not QEMU, which never does) or the file system cannot lock.
-int lock_byte(int fd, off_t offset) {
-  struct flock fl = {};
-  fl.l_type = F_RDLCK;
+// fcntl(CMD) on one byte with a lock of TYPE, retried on EINTR; 0 or errno.
+int ofd_byte(int fd, int cmd, short type, off_t offset, struct flock &fl) {
+  fl = {};
+  fl.l_type = type;
   fl.l_whence = SEEK_SET;
   fl.l_start = offset;
   fl.l_len = 1;
   int r;
   do {
-    r = ::fcntl(fd, F_OFD_SETLK, &fl);
+    r = ::fcntl(fd, cmd, &fl);
   } while (r < 0 && errno == EINTR);
   return r < 0 ? errno : 0;
+}
+
+// A shared lock on one byte; fails only when someone holds it exclusively
+// (not QEMU, which never does) or the file system cannot lock.
+int lock_byte(int fd, off_t offset) {
+  struct flock fl;
+  return ofd_byte(fd, F_OFD_SETLK, F_RDLCK, offset, fl);
 }
 
 // Whether another open file description locks the byte: QEMU's test, an
 // exclusive lock that would conflict with any other holder.
 int test_byte(int fd, off_t offset, bool &locked) {
-  struct flock fl = {};
-  fl.l_type = F_WRLCK;
-  fl.l_whence = SEEK_SET;
-  fl.l_start = offset;
-  fl.l_len = 1;
-  int r;
-  do {
-    r = ::fcntl(fd, F_OFD_GETLK, &fl);
-  } while (r < 0 && errno == EINTR);
-  if (r < 0)
-    return errno;
+  struct flock fl;
+  if (int err = ofd_byte(fd, F_OFD_GETLK, F_WRLCK, offset, fl))
+    return err;
   locked = fl.l_type != F_UNLCK;
   return 0;
 }

@@ -29,7 +29,8 @@ cp img.qed img.before
 cp base.raw base.before
 qemu_locked_out qemu-io -f qed -c 'write 1M 4k' "$img"
 qemu_locked_out qemu-img info "$img"
-qemu-img info -U "$img" | grep -q '^file format: qed' || fail "qemu-img info -U"
+info=$(qemu-img info -U "$img") || fail "qemu-img info -U"
+grep -q '^file format: qed' <<<"$info" || fail "qemu-img info -U: not read as qed"
 qemu-img check -U "$img" || fail "qemu-img check -U"
 refuses --rw file="$img" || fail "a second read-write nbdkit served the image"
 lock_refusal_ok "$img" 'failed to get "write" lock'
