@@ -1,0 +1,188 @@
+// The stream task (see stream.h).
+#include "stream.h"
+
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <vector>
+
+namespace qed {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Bytes looked at per step: enough that extents queries and copies are
+// large, small enough that stop(), the yield to clients and the rate limit
+// act often.
+constexpr uint64_t kStepBytes = 8 << 20;
+// Extents asked of the backing file per step.
+constexpr size_t kStepExtents = 256;
+// The longest pause after one step while clients are busy.
+constexpr auto kMaxYield = std::chrono::milliseconds(50);
+
+}  // namespace
+
+Stream::Stream(Image &image, StreamOptions options) : image_(image), options_(std::move(options)) {}
+
+void Stream::stop() {
+  std::lock_guard lock(mu_);
+  stop_ = true;
+  cv_.notify_all();
+}
+
+bool Stream::stopping() {
+  std::lock_guard lock(mu_);
+  return stop_;
+}
+
+bool Stream::wait_until(Clock::time_point until) {
+  std::unique_lock lock(mu_);
+  cv_.wait_until(lock, until, [&] { return stop_; });
+  return !stop_;
+}
+
+void Stream::report(uint64_t done, uint64_t total, bool final) {
+  const auto now = Clock::now();
+  if (!final && now - last_report_ < options_.progress_every)
+    return;
+  const double interval = std::chrono::duration<double>(now - last_report_).count();
+  if (options_.on_progress) {
+    StreamProgress p;
+    p.done = done;
+    p.total = total;
+    p.copied = copied_;
+    p.seconds = std::chrono::duration<double>(now - started_).count();
+    p.rate = interval > 0 ? double(copied_ - copied_at_last_report_) / interval : 0;
+    if (final)
+      p.rate = p.seconds > 0 ? double(copied_) / p.seconds : 0;
+    options_.on_progress(p);
+  }
+  last_report_ = now;
+  copied_at_last_report_ = copied_;
+}
+
+Result<uint64_t> Stream::step(uint64_t pos, uint64_t len, bool &base_failed) {
+  BlockSource *below = image_.backing();
+  if (!below)
+    return len;
+  const uint64_t cs = image_.geometry().cluster_size();
+  auto extents = below->extents(pos, len, kStepExtents);
+  if (!extents) {
+    base_failed = true;
+    return extents.status();
+  }
+  // Data extents, widened to whole clusters: a cluster with any data is
+  // copied whole (copy_up skips what is already in the image).
+  uint64_t copied_to = pos;  // clusters before this were copied in this step
+  uint64_t covered = pos;
+  for (const Extent &e : *extents) {
+    covered = std::max(covered, e.offset + e.length);
+    if (e.zero)
+      continue;
+    const uint64_t from = std::max(copied_to, image_.geometry().cluster_start(e.offset));
+    const uint64_t to = std::min(pos + len, image_.geometry().cluster_start(e.offset + e.length + cs - 1));
+    if (from >= to)
+      continue;
+    QED_RETURN_IF_ERROR(image_.copy_up(from, to - from, nullptr, &base_failed));
+    copied_ += to - from;
+    copied_to = to;
+  }
+  covered = std::min(covered, pos + len);
+  if (covered >= pos + len)
+    return len;
+  // The extents ended inside a cluster: what follows in it is not known yet.
+  // Go on from that cluster (it is copied with the data extent that led into
+  // it, if any); a single cluster that the extents do not cover is copied
+  // whole.
+  const uint64_t next = std::max(copied_to, image_.geometry().cluster_start(covered));
+  if (next > pos)
+    return next - pos;
+  const uint64_t one = std::min(cs, len);
+  QED_RETURN_IF_ERROR(image_.copy_up(pos, one, nullptr, &base_failed));
+  copied_ += one;
+  return one;
+}
+
+Result<bool> Stream::run() {
+  started_ = last_report_ = Clock::now();
+  BlockSource *below = image_.backing();
+  if (!below) {
+    report(image_.size(), image_.size(), true);
+    return true;  // standalone already
+  }
+  const uint64_t total = std::min(below->size(), image_.size());
+  uint64_t pos = 0;
+  uint64_t requests_seen = image_.requests_started();
+  Clock::duration last_step{};
+  bool paused = false;
+  auto retry_wait = std::chrono::milliseconds(100);
+  while (pos < total) {
+    if (stopping())
+      return false;
+    auto run = image_.lookup(pos, total - pos);
+    if (!run)
+      return run.status();
+    if (run->kind != Run::kUnallocated) {
+      pos += run->length;  // in the image already: resumes skip it
+      continue;
+    }
+    // Clients first: while they keep coming, pause as long as the last step
+    // took.
+    const uint64_t requests = image_.requests_started();
+    if (requests != requests_seen) {
+      requests_seen = requests;
+      const auto pause = std::min<Clock::duration>(last_step, kMaxYield);
+      if (!wait_until(Clock::now() + pause))
+        return false;
+    }
+    const uint64_t len = std::min(run->length, std::max(kStepBytes, image_.geometry().cluster_size()));
+    const auto t0 = Clock::now();
+    bool base_failed = false;
+    auto walked = step(pos, len, base_failed);
+    last_step = Clock::now() - t0;
+    if (!walked) {
+      if (!base_failed)
+        return walked.status();
+      // The backing file failed: wait for it, with back-off. Clients that
+      // do not need it go on meanwhile.
+      if (!paused && options_.on_pause)
+        options_.on_pause(walked.status());
+      paused = true;
+      if (!wait_until(Clock::now() + retry_wait))
+        return false;
+      retry_wait = std::min(retry_wait * 2, options_.max_retry);
+      continue;
+    }
+    if (paused && options_.on_resume)
+      options_.on_resume();
+    paused = false;
+    retry_wait = std::chrono::milliseconds(100);
+    pos += *walked;
+    if (options_.rate) {
+      // No more than `rate` bytes per second since the start, on average.
+      const auto due = started_ + std::chrono::duration_cast<Clock::duration>(
+                                      std::chrono::duration<double>(double(copied_) /
+                                                                    double(options_.rate)));
+      if (due > Clock::now() && !wait_until(due))
+        return false;
+    }
+    report(pos, total, false);
+  }
+  QED_RETURN_IF_ERROR(image_.detach_backing());
+  report(total, total, true);
+  return true;
+}
+
+void lower_thread_priority() {
+  const pid_t tid = pid_t(::syscall(SYS_gettid));
+  // Linux applies a thread id's nice value to that thread alone.
+  (void)::setpriority(PRIO_PROCESS, id_t(tid), 19);
+  // ioprio_set(IOPRIO_WHO_PROCESS, tid, IOPRIO_CLASS_IDLE): no glibc wrapper.
+  constexpr int kWhoProcess = 1, kClassIdle = 3, kClassShift = 13;
+  (void)::syscall(SYS_ioprio_set, kWhoProcess, tid, kClassIdle << kClassShift);
+}
+
+}  // namespace qed

@@ -1,0 +1,95 @@
+// Stream-and-detach: a task that copies into an image every cluster for which
+// its backing file has data, then makes the image standalone.
+//
+// It walks the disk in cluster order. Clusters the image has (data or zero)
+// are skipped: so a stream that starts again after a stop, a crash or kill -9
+// resumes where the last one got to, and nothing is lost, since every copy
+// follows the crash-safety protocol of any allocating write. For the rest it
+// asks the backing file for extents: holes cost no read and no allocation
+// (they read as zeroes with or without it); clusters with data go through
+// Image::copy_up(), the copy-on-read path, which is where races with client
+// writes are settled. Then Image::detach_backing(): sync, header without the
+// backing file, durable.
+//
+// Priority: client requests come first. While they keep arriving (the image
+// counts them), each step of the stream is followed by a pause as long as
+// the step took (so a busy server gives the stream at most about half of its
+// time), and `rate` caps the bytes copied per second. A backing file that
+// fails (its NBD server went away) pauses the stream, with back-off, until it
+// answers again.
+//
+// Threads: run() on one thread (the front end's); stop() from any other.
+// mu_ guards stop_ and is what every wait of run() waits on, so stop() ends
+// any wait at once.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+
+#include "image.h"
+
+namespace qed {
+
+struct StreamProgress {
+  uint64_t done;    // bytes of the disk walked (copied, skipped or holes)
+  uint64_t total;   // bytes to walk: the part of the disk the backing file covers
+  uint64_t copied;  // bytes copied from the backing file so far, in this run
+  double seconds;   // since run() began
+  // Bytes copied per second over the last interval.
+  double rate;
+};
+
+struct StreamOptions {
+  uint64_t rate = 0;  // most bytes copied per second; 0: no limit
+  std::chrono::milliseconds progress_every{10000};
+  // Longest wait between two tries while the backing file fails.
+  std::chrono::milliseconds max_retry{5000};
+  // Each interval, and once at the end.
+  std::function<void(const StreamProgress &)> on_progress;
+  // The backing file failed: the stream waits and tries again. Called once
+  // per outage, with the failure.
+  std::function<void(const Status &)> on_pause;
+  // The backing file answers again after on_pause.
+  std::function<void()> on_resume;
+};
+
+class Stream {
+public:
+  Stream(Image &image, StreamOptions options);
+
+  // Runs until the image is standalone (true), or stop() was called (false),
+  // or something other than the backing file failed (the image could not be
+  // written, say). An image without a backing file is done at once.
+  Result<bool> run();
+  // Makes run() return false soon, from any thread.
+  void stop();
+
+private:
+  // Copies the clusters of [pos, pos+len) that have data below (all of it
+  // unallocated in the image when looked at); returns the bytes walked.
+  Result<uint64_t> step(uint64_t pos, uint64_t len, bool &base_failed);
+  // Waits until `until` or stop(); false when stopped.
+  bool wait_until(std::chrono::steady_clock::time_point until);
+  bool stopping();
+  void report(uint64_t done, uint64_t total, bool final);
+
+  Image &image_;
+  const StreamOptions options_;
+  uint64_t copied_ = 0;  // run()'s thread only
+  std::chrono::steady_clock::time_point started_, last_report_;
+  uint64_t copied_at_last_report_ = 0;
+
+  std::mutex mu_;
+  std::condition_variable cv_;  // waited on with mu_
+  bool stop_ = false;           // guarded by mu_
+};
+
+// Lowers the calling thread's CPU and I/O priority (nice 19, idle I/O class
+// where the kernel has it), so that a stream thread yields to the threads
+// serving clients. Best effort.
+void lower_thread_priority();
+
+}  // namespace qed
