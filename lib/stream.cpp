@@ -6,6 +6,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <iterator>
 #include <vector>
 
 namespace qed {
@@ -174,6 +176,29 @@ Result<bool> Stream::run() {
   QED_RETURN_IF_ERROR(image_.detach_backing());
   report(total, total, true);
   return true;
+}
+
+namespace {
+
+std::string amount(double bytes) {
+  static const char *const kUnits[] = {"bytes", "KiB", "MiB", "GiB", "TiB"};
+  unsigned u = 0;
+  while (u + 1 < std::size(kUnits) && bytes >= 1024) {
+    bytes /= 1024;
+    u++;
+  }
+  char text[64];
+  std::snprintf(text, sizeof text, u ? "%.1f %s" : "%.0f %s", bytes, kUnits[u]);
+  return text;
+}
+
+}  // namespace
+
+std::string describe(const StreamProgress &p) {
+  char pct[32];
+  std::snprintf(pct, sizeof pct, "%.0f%%", p.total ? 100.0 * double(p.done) / double(p.total) : 100.0);
+  return "streamed " + amount(double(p.done)) + " of " + amount(double(p.total)) + " (" + pct +
+         "), " + amount(double(p.copied)) + " copied, " + amount(p.rate) + "/s";
 }
 
 void lower_thread_priority() {

@@ -28,6 +28,7 @@
 #include <cstdint>
 #include <functional>
 #include <mutex>
+#include <string>
 
 #include "image.h"
 
@@ -86,6 +87,10 @@ private:
   std::condition_variable cv_;  // waited on with mu_
   bool stop_ = false;           // guarded by mu_
 };
+
+// "streamed 512 MiB of 1 GiB (50%), 1.2 GiB copied, 96.0 MiB/s": the words
+// every front end logs.
+std::string describe(const StreamProgress &p);
 
 // Lowers the calling thread's CPU and I/O priority (nice 19, idle I/O class
 // where the kernel has it), so that a stream thread yields to the threads
