@@ -116,6 +116,12 @@ Result<bool> Stream::run() {
     return true;  // standalone already
   }
   const uint64_t total = std::min(below->size(), image_.size());
+  // With a rate, steps of at most a quarter second's worth: the limit holds
+  // over short spans too, not only on average (a cluster at least).
+  uint64_t step_bytes = kStepBytes;
+  if (options_.rate)
+    step_bytes = std::min(step_bytes, options_.rate / 4);
+  step_bytes = std::max(step_bytes, image_.geometry().cluster_size());
   uint64_t pos = 0;
   uint64_t requests_seen = image_.requests_started();
   Clock::duration last_step{};
@@ -140,7 +146,7 @@ Result<bool> Stream::run() {
       if (!wait_until(Clock::now() + pause))
         return false;
     }
-    const uint64_t len = std::min(run->length, std::max(kStepBytes, image_.geometry().cluster_size()));
+    const uint64_t len = std::min(run->length, step_bytes);
     const auto t0 = Clock::now();
     bool base_failed = false;
     auto walked = step(pos, len, base_failed);
