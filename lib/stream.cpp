@@ -66,6 +66,14 @@ void Stream::report(uint64_t done, uint64_t total, bool final) {
   copied_at_last_report_ = copied_;
 }
 
+Status Stream::flush_if_due(bool now) {
+  const auto t = Clock::now();
+  if (!now && t - last_flush_ < options_.flush_every)
+    return Status::ok();
+  last_flush_ = t;
+  return image_.flush();
+}
+
 Result<uint64_t> Stream::step(uint64_t pos, uint64_t len, bool &base_failed) {
   BlockSource *below = image_.backing();
   if (!below)
@@ -109,7 +117,7 @@ Result<uint64_t> Stream::step(uint64_t pos, uint64_t len, bool &base_failed) {
 }
 
 Result<bool> Stream::run() {
-  started_ = last_report_ = Clock::now();
+  started_ = last_report_ = last_flush_ = Clock::now();
   BlockSource *below = image_.backing();
   if (!below) {
     report(image_.size(), image_.size(), true);
@@ -122,6 +130,11 @@ Result<bool> Stream::run() {
   if (options_.rate)
     step_bytes = std::min(step_bytes, options_.rate / 4);
   step_bytes = std::max(step_bytes, image_.geometry().cluster_size());
+  // A stop keeps what was copied: durable before run() returns.
+  auto stopped = [&]() -> Result<bool> {
+    QED_RETURN_IF_ERROR(flush_if_due(true));
+    return false;
+  };
   uint64_t pos = 0;
   uint64_t requests_seen = image_.requests_started();
   Clock::duration last_step{};
@@ -129,7 +142,7 @@ Result<bool> Stream::run() {
   auto retry_wait = std::chrono::milliseconds(100);
   while (pos < total) {
     if (stopping())
-      return false;
+      return stopped();
     auto run = image_.lookup(pos, total - pos);
     if (!run)
       return run.status();
@@ -144,7 +157,7 @@ Result<bool> Stream::run() {
       requests_seen = requests;
       const auto pause = std::min<Clock::duration>(last_step, kMaxYield);
       if (!wait_until(Clock::now() + pause))
-        return false;
+        return stopped();
     }
     const uint64_t len = std::min(run->length, step_bytes);
     const auto t0 = Clock::now();
@@ -160,7 +173,7 @@ Result<bool> Stream::run() {
         options_.on_pause(walked.status());
       paused = true;
       if (!wait_until(Clock::now() + retry_wait))
-        return false;
+        return stopped();
       retry_wait = std::min(retry_wait * 2, options_.max_retry);
       continue;
     }
@@ -175,8 +188,9 @@ Result<bool> Stream::run() {
                                       std::chrono::duration<double>(double(copied_) /
                                                                     double(options_.rate)));
       if (due > Clock::now() && !wait_until(due))
-        return false;
+        return stopped();
     }
+    QED_RETURN_IF_ERROR(flush_if_due(false));
     report(pos, total, false);
   }
   QED_RETURN_IF_ERROR(image_.detach_backing());

@@ -4,7 +4,9 @@
 // It walks the disk in cluster order. Clusters the image has (data or zero)
 // are skipped: so a stream that starts again after a stop, a crash or kill -9
 // resumes where the last one got to, and nothing is lost, since every copy
-// follows the crash-safety protocol of any allocating write. For the rest it
+// follows the crash-safety protocol of any allocating write. The stream
+// flushes every flush_every, so that a crash costs at most that much copying
+// again. For the rest it
 // asks the backing file for extents: holes cost no read and no allocation
 // (they read as zeroes with or without it); clusters with data go through
 // Image::copy_up(), the copy-on-read path, which is where races with client
@@ -46,6 +48,9 @@ struct StreamProgress {
 struct StreamOptions {
   uint64_t rate = 0;  // most bytes copied per second; 0: no limit
   std::chrono::milliseconds progress_every{10000};
+  // How often what was copied is made durable (a flush): what a crash or
+  // kill -9 can make a resumed stream copy again.
+  std::chrono::milliseconds flush_every{1000};
   // Longest wait between two tries while the backing file fails.
   std::chrono::milliseconds max_retry{5000};
   // Each interval, and once at the end.
@@ -80,7 +85,10 @@ private:
   Image &image_;
   const StreamOptions options_;
   uint64_t copied_ = 0;  // run()'s thread only
-  std::chrono::steady_clock::time_point started_, last_report_;
+  // Flushes when flush_every passed since the last one (or `now`).
+  Status flush_if_due(bool now);
+
+  std::chrono::steady_clock::time_point started_, last_report_, last_flush_;
   uint64_t copied_at_last_report_ = 0;
 
   std::mutex mu_;

@@ -109,6 +109,6 @@ read_bytes() {
   local n=0 c
   while read -r c; do
     n=$((n + c))
-  done < <(grep -o ' Read id=[0-9]* offset=0x[0-9a-f]* count=0x[0-9a-f]*' "$1" | sed 's/.*count=//')
+  done < <(grep -ao ' Read id=[0-9]* offset=0x[0-9a-f]* count=0x[0-9a-f]*' "$1" | sed 's/.*count=//')
   echo "$n"
 }
