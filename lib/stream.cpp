@@ -6,6 +6,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <system_error>
+#include <thread>
 #include <cstdio>
 #include <iterator>
 #include <vector>
@@ -24,6 +26,8 @@ constexpr uint64_t kStepBytes = 8 << 20;
 constexpr size_t kStepExtents = 256;
 // The longest pause after one step while clients are busy.
 constexpr auto kMaxYield = std::chrono::milliseconds(50);
+// Workers copying at once (without a rate).
+constexpr unsigned kWorkers = 4;
 
 }  // namespace
 
@@ -46,27 +50,46 @@ bool Stream::wait_until(Clock::time_point until) {
   return !stop_;
 }
 
+void Stream::fail(const Status &why) {
+  std::lock_guard lock(mu_);
+  if (failure_.is_ok())
+    failure_ = why;
+  stop_ = true;
+  cv_.notify_all();
+}
+
 void Stream::report(uint64_t done, uint64_t total, bool final) {
+  std::unique_lock lock(report_mu_, std::defer_lock);
+  if (final)
+    lock.lock();
+  else if (!lock.try_lock())
+    return;  // another worker is reporting
   const auto now = Clock::now();
   if (!final && now - last_report_ < options_.progress_every)
     return;
   const double interval = std::chrono::duration<double>(now - last_report_).count();
+  const uint64_t copied = copied_.load();
   if (options_.on_progress) {
     StreamProgress p;
     p.done = done;
     p.total = total;
-    p.copied = copied_;
+    p.copied = copied;
     p.seconds = std::chrono::duration<double>(now - started_).count();
-    p.rate = interval > 0 ? double(copied_ - copied_at_last_report_) / interval : 0;
+    p.rate = interval > 0 ? double(copied - copied_at_last_report_) / interval : 0;
     if (final)
-      p.rate = p.seconds > 0 ? double(copied_) / p.seconds : 0;
+      p.rate = p.seconds > 0 ? double(copied) / p.seconds : 0;
     options_.on_progress(p);
   }
   last_report_ = now;
-  copied_at_last_report_ = copied_;
+  copied_at_last_report_ = copied;
 }
 
 Status Stream::flush_if_due(bool now) {
+  std::unique_lock lock(report_mu_, std::defer_lock);
+  if (now)
+    lock.lock();
+  else if (!lock.try_lock())
+    return Status::ok();  // another worker is flushing
   const auto t = Clock::now();
   if (!now && t - last_flush_ < options_.flush_every)
     return Status::ok();
@@ -93,7 +116,8 @@ Result<uint64_t> Stream::step(uint64_t pos, uint64_t len, bool &base_failed) {
     if (e.zero)
       continue;
     const uint64_t from = std::max(copied_to, image_.geometry().cluster_start(e.offset));
-    const uint64_t to = std::min(pos + len, image_.geometry().cluster_start(e.offset + e.length + cs - 1));
+    const uint64_t to =
+        std::min(pos + len, image_.geometry().cluster_start(e.offset + e.length + cs - 1));
     if (from >= to)
       continue;
     QED_RETURN_IF_ERROR(image_.copy_up(from, to - from, nullptr, &base_failed));
@@ -116,85 +140,156 @@ Result<uint64_t> Stream::step(uint64_t pos, uint64_t len, bool &base_failed) {
   return one;
 }
 
-Result<bool> Stream::run() {
-  started_ = last_report_ = last_flush_ = Clock::now();
-  BlockSource *below = image_.backing();
-  if (!below) {
-    report(image_.size(), image_.size(), true);
-    return true;  // standalone already
-  }
-  const uint64_t total = std::min(below->size(), image_.size());
-  // With a rate, steps of at most a quarter second's worth: the limit holds
-  // over short spans too, not only on average (a cluster at least).
-  uint64_t step_bytes = kStepBytes;
-  if (options_.rate)
-    step_bytes = std::min(step_bytes, options_.rate / 4);
-  step_bytes = std::max(step_bytes, image_.geometry().cluster_size());
-  // A stop keeps what was copied: durable before run() returns.
-  auto stopped = [&]() -> Result<bool> {
-    QED_RETURN_IF_ERROR(flush_if_due(true));
-    return false;
-  };
-  uint64_t pos = 0;
-  uint64_t requests_seen = image_.requests_started();
+bool Stream::walk(uint64_t pos, uint64_t end) {
   Clock::duration last_step{};
-  bool paused = false;
   auto retry_wait = std::chrono::milliseconds(100);
-  while (pos < total) {
+  bool failing = false;  // this worker's last try failed on the backing file
+  while (pos < end) {
     if (stopping())
-      return stopped();
-    auto run = image_.lookup(pos, total - pos);
-    if (!run)
-      return run.status();
+      return false;
+    auto run = image_.lookup(pos, end - pos);
+    if (!run) {
+      fail(run.status());
+      return false;
+    }
     if (run->kind != Run::kUnallocated) {
       pos += run->length;  // in the image already: resumes skip it
       continue;
     }
     // Clients first: while they keep coming, pause as long as the last step
     // took.
-    const uint64_t requests = image_.requests_started();
-    if (requests != requests_seen) {
-      requests_seen = requests;
-      const auto pause = std::min<Clock::duration>(last_step, kMaxYield);
-      if (!wait_until(Clock::now() + pause))
-        return stopped();
+    bool clients = false;
+    {
+      std::lock_guard lock(mu_);
+      const uint64_t requests = image_.requests_started();
+      clients = requests != requests_seen_;
+      requests_seen_ = requests;
     }
-    const uint64_t len = std::min(run->length, step_bytes);
+    if (clients && !wait_until(Clock::now() + std::min<Clock::duration>(last_step, kMaxYield)))
+      return false;
     const auto t0 = Clock::now();
     bool base_failed = false;
-    auto walked = step(pos, len, base_failed);
+    auto walked = step(pos, std::min(run->length, step_bytes_), base_failed);
     last_step = Clock::now() - t0;
     if (!walked) {
-      if (!base_failed)
-        return walked.status();
+      if (!base_failed) {
+        fail(walked.status());
+        return false;
+      }
       // The backing file failed: wait for it, with back-off. Clients that
-      // do not need it go on meanwhile.
-      if (!paused && options_.on_pause)
-        options_.on_pause(walked.status());
-      paused = true;
+      // do not need it go on meanwhile. One log line per outage.
+      {
+        std::lock_guard lock(mu_);
+        if (!paused_ && options_.on_pause)
+          options_.on_pause(walked.status());
+        paused_ = true;
+      }
+      failing = true;
       if (!wait_until(Clock::now() + retry_wait))
-        return stopped();
+        return false;
       retry_wait = std::min(retry_wait * 2, options_.max_retry);
       continue;
     }
-    if (paused && options_.on_resume)
-      options_.on_resume();
-    paused = false;
+    if (failing) {
+      std::lock_guard lock(mu_);
+      if (paused_ && options_.on_resume)
+        options_.on_resume();
+      paused_ = false;
+    }
+    failing = false;
     retry_wait = std::chrono::milliseconds(100);
     pos += *walked;
     if (options_.rate) {
       // No more than `rate` bytes per second since the start, on average.
       const auto due = started_ + std::chrono::duration_cast<Clock::duration>(
-                                      std::chrono::duration<double>(double(copied_) /
+                                      std::chrono::duration<double>(double(copied_.load()) /
                                                                     double(options_.rate)));
       if (due > Clock::now() && !wait_until(due))
-        return stopped();
+        return false;
     }
-    QED_RETURN_IF_ERROR(flush_if_due(false));
-    report(pos, total, false);
+    if (Status s = flush_if_due(false); !s.is_ok()) {
+      fail(s);
+      return false;
+    }
+    uint64_t done;
+    {
+      std::lock_guard lock(mu_);
+      done = std::min(next_, total_);
+    }
+    report(done, total_, false);
   }
+  return true;
+}
+
+void Stream::work() {
+  try {
+    for (;;) {
+      uint64_t pos;
+      {
+        std::lock_guard lock(mu_);
+        if (stop_ || next_ >= total_)
+          return;
+        pos = next_;
+        next_ += step_bytes_;
+      }
+      if (!walk(pos, std::min(pos + step_bytes_, total_)))
+        return;
+    }
+  } catch (const std::bad_alloc &) {
+    fail(Status::no_space(image_.path() + ": stream: out of memory"));
+  }
+}
+
+Result<bool> Stream::run() {
+  started_ = Clock::now();
+  {
+    std::lock_guard lock(report_mu_);
+    last_report_ = last_flush_ = started_;
+  }
+  BlockSource *below = image_.backing();
+  if (!below) {
+    report(image_.size(), image_.size(), true);
+    return true;  // standalone already
+  }
+  total_ = std::min(below->size(), image_.size());
+  // Windows of whole clusters. With a rate, of at most a quarter second's
+  // worth: the limit holds over short spans too, not only on average.
+  const uint64_t cs = image_.geometry().cluster_size();
+  uint64_t step = kStepBytes;
+  if (options_.rate)
+    step = std::min(step, options_.rate / 4);
+  step_bytes_ = std::max(step / cs * cs, cs);
+  {
+    std::lock_guard lock(mu_);
+    requests_seen_ = image_.requests_started();
+  }
+  // With a rate the copies are few and far between: one worker does.
+  const unsigned workers = options_.rate ? 1 : kWorkers;
+  std::vector<std::thread> threads;
+  try {
+    for (unsigned i = 1; i < workers; i++)
+      threads.emplace_back([this] { work(); });
+  } catch (const std::system_error &) {
+    // Fewer threads than wished: the ones started and this one do the work.
+  }
+  work();
+  for (auto &t : threads)
+    t.join();
+  Status failure;
+  bool stopped;
+  {
+    std::lock_guard lock(mu_);
+    failure = failure_;
+    stopped = stop_;
+  }
+  // What was copied is kept, durable, whatever happens next.
+  Status flushed = flush_if_due(true);
+  QED_RETURN_IF_ERROR(failure);
+  QED_RETURN_IF_ERROR(flushed);
+  if (stopped)
+    return false;
   QED_RETURN_IF_ERROR(image_.detach_backing());
-  report(total, total, true);
+  report(total_, total_, true);
   return true;
 }
 

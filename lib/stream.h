@@ -13,18 +13,26 @@
 // writes are settled. Then Image::detach_backing(): sync, header without the
 // backing file, durable.
 //
-// Priority: client requests come first. While they keep arriving (the image
-// counts them), each step of the stream is followed by a pause as long as
-// the step took (so a busy server gives the stream at most about half of its
-// time), and `rate` caps the bytes copied per second. A backing file that
-// fails (its NBD server went away) pauses the stream, with back-off, until it
-// answers again.
+// Workers: kWorkers threads copy at once, each taking the next window of the
+// disk (a step's worth), so that reads from the backing file and writes to
+// the image overlap, as a copy tool's would; the copies settle races among
+// themselves as with clients (Metadata's in-flight records).
 //
-// Threads: run() on one thread (the front end's); stop() from any other.
-// mu_ guards stop_ and is what every wait of run() waits on, so stop() ends
-// any wait at once.
+// Priority: client requests come first. While they keep arriving (the image
+// counts them), each step of a worker is followed by a pause as long as the
+// step took (so a busy server gives the stream at most about half of its
+// time), and `rate` caps the bytes copied per second, all workers together.
+// A backing file that fails (its NBD server went away) pauses the stream,
+// with back-off, until it answers again.
+//
+// Threads: run() on one thread (the front end's), which starts the workers
+// and waits for them; stop() from any other. mu_ guards the state the
+// workers share (below) and is what every wait waits on, so stop() ends any
+// wait at once; report_mu_ guards the progress report and the periodic
+// flush (taken alone, never with mu_).
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -74,26 +82,41 @@ public:
   void stop();
 
 private:
+  // One worker: claims windows until the disk is walked, stop() or a
+  // failure.
+  void work();
+  // Walks one window [pos, end): copies what is unallocated and has data
+  // below. False when the worker must end (stop, or a failure recorded).
+  bool walk(uint64_t pos, uint64_t end);
   // Copies the clusters of [pos, pos+len) that have data below (all of it
   // unallocated in the image when looked at); returns the bytes walked.
   Result<uint64_t> step(uint64_t pos, uint64_t len, bool &base_failed);
   // Waits until `until` or stop(); false when stopped.
   bool wait_until(std::chrono::steady_clock::time_point until);
   bool stopping();
+  // Records the first failure and stops the other workers.
+  void fail(const Status &why);
   void report(uint64_t done, uint64_t total, bool final);
-
-  Image &image_;
-  const StreamOptions options_;
-  uint64_t copied_ = 0;  // run()'s thread only
   // Flushes when flush_every passed since the last one (or `now`).
   Status flush_if_due(bool now);
 
-  std::chrono::steady_clock::time_point started_, last_report_, last_flush_;
-  uint64_t copied_at_last_report_ = 0;
+  Image &image_;
+  const StreamOptions options_;
+  std::chrono::steady_clock::time_point started_;
+  uint64_t total_ = 0, step_bytes_ = 0;  // set before the workers start
+  std::atomic<uint64_t> copied_{0};
 
   std::mutex mu_;
   std::condition_variable cv_;  // waited on with mu_
   bool stop_ = false;           // guarded by mu_
+  uint64_t next_ = 0;           // guarded by mu_: the next window to claim
+  Status failure_;              // guarded by mu_: the first failure
+  bool paused_ = false;         // guarded by mu_: the backing file fails
+  uint64_t requests_seen_ = 0;  // guarded by mu_
+
+  std::mutex report_mu_;
+  std::chrono::steady_clock::time_point last_report_, last_flush_;  // guarded by report_mu_
+  uint64_t copied_at_last_report_ = 0;                             // guarded by report_mu_
 };
 
 // "streamed 512 MiB of 1 GiB (50%), 1.2 GiB copied, 96.0 MiB/s": the words

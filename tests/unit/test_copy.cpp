@@ -330,8 +330,10 @@ TEST_CASE("a failing base pauses the stream, which resumes when it answers") {
   INFO(r.status().message());
   REQUIRE(r.is_ok());
   CHECK(*r);
-  CHECK(pauses == 1);
-  CHECK(resumes == 1);
+  // Once per outage: workers that failed at the same time log it once (a
+  // worker slow to notice may make it two outages, each ended).
+  CHECK(pauses >= 1);
+  CHECK(resumes == pauses);
   CHECK(qt::read_all(*img) == c.base);
 }
 
