@@ -27,7 +27,7 @@ constexpr size_t kStepExtents = 256;
 // The longest pause after one step while clients are busy.
 constexpr auto kMaxYield = std::chrono::milliseconds(50);
 // Workers copying at once (without a rate).
-constexpr unsigned kWorkers = 4;
+constexpr unsigned kWorkers = 8;
 
 }  // namespace
 
@@ -318,11 +318,15 @@ std::string describe(const StreamProgress &p) {
 
 void lower_thread_priority() {
   const pid_t tid = pid_t(::syscall(SYS_gettid));
-  // Linux applies a thread id's nice value to that thread alone.
-  (void)::setpriority(PRIO_PROCESS, id_t(tid), 19);
-  // ioprio_set(IOPRIO_WHO_PROCESS, tid, IOPRIO_CLASS_IDLE): no glibc wrapper.
-  constexpr int kWhoProcess = 1, kClassIdle = 3, kClassShift = 13;
-  (void)::syscall(SYS_ioprio_set, kWhoProcess, tid, kClassIdle << kClassShift);
+  // Linux applies a thread id's nice value to that thread alone (threads it
+  // starts inherit it). Not 19 and not the idle I/O class: on a busy host
+  // those can starve the stream for good; the yield to clients (stream.h)
+  // does the rest.
+  (void)::setpriority(PRIO_PROCESS, id_t(tid), 10);
+  // ioprio_set(IOPRIO_WHO_PROCESS, tid, best effort, lowest level): no
+  // glibc wrapper.
+  constexpr int kWhoProcess = 1, kClassBestEffort = 2, kClassShift = 13, kLowest = 7;
+  (void)::syscall(SYS_ioprio_set, kWhoProcess, tid, (kClassBestEffort << kClassShift) | kLowest);
 }
 
 }  // namespace qed

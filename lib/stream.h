@@ -123,8 +123,8 @@ private:
 // every front end logs.
 std::string describe(const StreamProgress &p);
 
-// Lowers the calling thread's CPU and I/O priority (nice 19, idle I/O class
-// where the kernel has it), so that a stream thread yields to the threads
+// Lowers the calling thread's CPU and I/O priority (nice 10, the lowest
+// best-effort I/O level), so that a stream thread yields to the threads
 // serving clients. Best effort.
 void lower_thread_priority();
 
