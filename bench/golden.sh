@@ -5,8 +5,9 @@
 #
 # The base: the random data with a quarter of it holes (the last quarter of
 # every sixteenth of the disk punched out), served read-only by nbdkit's file
-# plugin with the log filter on a Unix socket, so that the bytes each server
-# fetches are counted at the base.
+# plugin on Unix sockets: with the log filter for copy-on-read, so that the
+# bytes each server fetches are counted at the base; without it for the
+# stream (a line per request would weigh on a whole-disk copy).
 #   cor     an empty overlay with copy-on-read (ours: copy-on-read=true;
 #           qemu-nbd: --image-opts driver=copy-on-read); a client reads the
 #           same region (a quarter of the disk, holes included) three times;
@@ -142,17 +143,26 @@ golden_try() {   # golden_try WHAT CMD...: run, log a failure
 
 run_golden() {
   want golden || return 0
-  local rep base_pid kind
+  local rep base_pid log_uri plain_pid plain_uri kind
   golden_base || { ERR[golden]="could not make the base"; FAILED=1; return; }
   log "golden images: $SIZE base (a quarter holes) on an NBD server, copy-on-read and stream"
   GOLDEN_BASE_LOG=$WORK/golden-base.requests
   : >"$GOLDEN_BASE_LOG"
   start_server base-log "$WORK/golden-base.raw" || { ERR[golden]="base server: $CASE_ERR"; FAILED=1; return; }
-  base_pid=$SRV_PID GOLDEN_BASE_URI=$SRV_URI
+  base_pid=$SRV_PID log_uri=$SRV_URI
+  # The stream and the reads during it: a base without the log filter, whose
+  # line per request would weigh on the many requests of a whole-disk copy.
+  if ! start_server base "$WORK/golden-base.raw"; then
+    ERR[golden]="plain base server: $CASE_ERR"; FAILED=1
+    SRV_PID=$base_pid; stop_server; return
+  fi
+  plain_pid=$SRV_PID plain_uri=$SRV_URI
   GOLDEN_AT=$((SIZE_B / 8)) GOLDEN_LEN=$((SIZE_B / 4))
   GOLDEN_RATE=$((SIZE_B * 3 / 4 / RUNTIME))
   for ((rep = 1; rep <= REPEAT; rep++)); do
+    GOLDEN_BASE_URI=$log_uri
     for kind in ours qemu; do golden_try "cor-$kind" golden_cor "$kind"; done
+    GOLDEN_BASE_URI=$plain_uri
     golden_try stream-ours golden_stream_ours
     golden_try stream-nbdcopy golden_stream_nbdcopy
     golden_try during-without golden_during 0
@@ -161,6 +171,8 @@ run_golden() {
         "stream s ours${GOLD[stream-s,ours]:-} nbdcopy${GOLD[stream-s,nbdcopy]:-};" \
         "IOPS without${GOLD[iops-without,ours]:-} during${GOLD[iops-during,ours]:-}"
   done
+  SRV_PID=$plain_pid
+  stop_server
   SRV_PID=$base_pid
   stop_server
 }
@@ -193,9 +205,9 @@ report_golden() {
   want golden || return 0
   local so sn
   echo
-  echo "Golden images: a $SIZE raw base with a quarter of it holes, served by \`nbdkit -r --filter=log file\`" \
-       "on a Unix socket (bytes fetched counted in its log); empty QED overlays over it. Medians of" \
-       "$REPEAT run(s) [min-max]."
+  echo "Golden images: a $SIZE raw base with a quarter of it holes, served by \`nbdkit -r file\` on a" \
+       "Unix socket (for copy-on-read with \`--filter=log\`: bytes fetched counted in its log); empty QED" \
+       "overlays over it. Medians of $REPEAT run(s) [min-max]."
   echo
   echo "| measurement | ours | qemu-nbd / nbdcopy | ours/other |"
   echo "|---|--:|--:|--:|"
