@@ -100,15 +100,19 @@ golden_stream_ours() {
   rm -f "$img"
 }
 
+# golden_stream_nbdcopy [--flush]: nbdcopy of the base to a local file; with
+# --flush also made durable (fsync), as the stream's copy is before it ends.
 golden_stream_nbdcopy() {
-  local out=$WORK/golden-copy.raw t0 secs
+  local out=$WORK/golden-copy.raw t0 secs key=nbdcopy
+  [ "${1:-}" = --flush ] && key=nbdcopy-flush
   rm -f "$out"
+  [ "$SYNC" = 1 ] && sync -f "$WORK"
   t0=$(now)
-  run_client "$COPY_LIMIT" /usr/bin/time -f 'maxrss %M' nbdcopy "$GOLDEN_BASE_URI" "$out" ||
+  run_client "$COPY_LIMIT" /usr/bin/time -f 'maxrss %M' nbdcopy "$@" "$GOLDEN_BASE_URI" "$out" ||
     { CASE_ERR="nbdcopy failed: $(tail -n 3 "$WORK/client.log" | tr '\n' ' ')"; return 1; }
   secs=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.2f", b - a }')
-  golden_add "stream-s,nbdcopy" "$secs"
-  golden_add "stream-rss,nbdcopy" "$(sed -n 's/^maxrss //p' "$WORK/client.log" | tail -n 1)"
+  golden_add "stream-s,$key" "$secs"
+  golden_add "stream-rss,$key" "$(sed -n 's/^maxrss //p' "$WORK/client.log" | tail -n 1)"
   rm -f "$out"
 }
 
@@ -165,6 +169,7 @@ run_golden() {
     GOLDEN_BASE_URI=$plain_uri
     golden_try stream-ours golden_stream_ours
     golden_try stream-nbdcopy golden_stream_nbdcopy
+    golden_try stream-nbdcopy-flush golden_stream_nbdcopy --flush
     golden_try during-without golden_during 0
     golden_try during-with golden_during 1
     log "  repeat $rep: cor fetched/region ours${GOLD[cor-fetched,ours]:-} qemu${GOLD[cor-fetched,qemu]:-};" \
@@ -215,6 +220,7 @@ report_golden() {
   echo "| copy-on-read: MiB/s over the 3 reads | $(gcell cor-mibs,ours) | $(gcell cor-mibs,qemu) | $(ratio "$(gmed cor-mibs,ours)" "$(gmed cor-mibs,qemu)") |"
   echo "| copy-on-read: peak RSS (MiB) | $(gmib cor-rss,ours) | $(gmib cor-rss,qemu) | $(ratio "$(gmed cor-rss,ours)" "$(gmed cor-rss,qemu)") |"
   echo "| stream to standalone (ours) vs nbdcopy to a local file: seconds | $(gcell stream-s,ours) | $(gcell stream-s,nbdcopy) | $(ratio "$(gmed stream-s,ours)" "$(gmed stream-s,nbdcopy)") |"
+  echo "| stream vs nbdcopy --flush (durable, as the stream is): seconds | $(gcell stream-s,ours) | $(gcell stream-s,nbdcopy-flush) | $(ratio "$(gmed stream-s,ours)" "$(gmed stream-s,nbdcopy-flush)") |"
   echo "| stream vs nbdcopy: peak RSS (MiB) | $(gmib stream-rss,ours) | $(gmib stream-rss,nbdcopy) | $(ratio "$(gmed stream-rss,ours)" "$(gmed stream-rss,nbdcopy)") |"
   echo
   echo "Client 4k random read IOPS, QD32, ${RUNTIME}s, on an empty overlay, during a stream (stream-rate=$GOLDEN_RATE, so that it lasts about the run) and without one:"

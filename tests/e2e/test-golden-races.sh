@@ -58,7 +58,7 @@ echo "== kill -9 mid-stream"
 rm -f k.qed
 qemu-img create -q -f qed -b "$base" -F raw k.qed "$base_size"
 before=$(read_bytes base.log)
-serve_bg k -- file=k.qed allow-backing=network stream=true stream-rate=8M
+serve_named k -- file=k.qed allow-backing=network stream=true stream-rate=8M
 sleep 1.5
 stop_bg k KILL
 first=$(($(read_bytes base.log) - before))
@@ -66,7 +66,7 @@ echo "fetched before the kill: $first bytes"
 ((first > 0)) || fail "the stream copied nothing before the kill"
 /usr/bin/python3 "$here/write_qemu_check.py" k.qed --allow-leaks --allow-dirty || fail "qemu-img check after kill -9"
 before=$(read_bytes base.log)
-serve_bg k2 -- file=k.qed allow-backing=network stream=true
+serve_named k2 -- file=k.qed allow-backing=network stream=true
 wait_line "$tmp/k2.err" 'stream: done: the image is standalone' 120
 stop_bg k2
 second=$(($(read_bytes base.log) - before))
@@ -82,7 +82,7 @@ echo "== the base killed mid-stream"
 start_base fb -r file base.raw
 rm -f b.qed
 qemu-img create -q -f qed -b "$(base_uri fb)" -F raw b.qed "$base_size"
-serve_bg b -- file=b.qed allow-backing=network stream=true stream-rate=8M
+serve_named b -- file=b.qed allow-backing=network stream=true stream-rate=8M
 # A whole cluster written first: it needs no base.
 head -c 65536 /dev/urandom >mine.bin
 cp base.raw want.raw
@@ -114,7 +114,7 @@ rm -f r.qed
 qemu-img create -q -f qed -b "$base" -F raw r.qed "$base_size"
 before=$(read_bytes base.log)
 t0=$(date +%s.%N)
-serve_bg r -- file=r.qed allow-backing=network stream=true stream-rate=4M
+serve_named r -- file=r.qed allow-backing=network stream=true stream-rate=4M
 wait_line "$tmp/r.err" 'stream: done: the image is standalone' 120
 t1=$(date +%s.%N)
 stop_bg r

@@ -111,7 +111,7 @@ for cs in 4K 64K 2M 64M; do
     dd if=mine.bin of=want.raw bs=1 seek=$((17 * MiB + 11)) conv=notrunc status=none
     serve_rw st.qed "/usr/bin/python3 -c '$write_mine' \"\$uri\" $((17 * MiB + 11))" \
       "${args[@]}" || fail "writing before the stream ($cs, $where)"
-    serve_bg st -- file=st.qed stream=true "${args[@]}"
+    serve_named st -- file=st.qed stream=true "${args[@]}"
     wait_line "$tmp/st.err" 'stream: done: the image is standalone' 120
     described=$(nbdinfo "$(bg_uri st)")
     grep -q 'description:.*standalone' <<<"$described" ||
