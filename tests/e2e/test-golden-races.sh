@@ -82,7 +82,7 @@ echo "== the base killed mid-stream"
 start_base fb -r file base.raw
 rm -f b.qed
 qemu-img create -q -f qed -b "$(base_uri fb)" -F raw b.qed "$base_size"
-serve_named b -- file=b.qed allow-backing=network stream=true stream-rate=8M
+serve_named b -- file=b.qed allow-backing=network stream=true stream-rate=4M
 # A whole cluster written first: it needs no base.
 head -c 65536 /dev/urandom >mine.bin
 cp base.raw want.raw
