@@ -45,7 +45,8 @@ Usage: bench/bench.sh [options]
                     plugin cache-size= for the 1 TiB image whose L2 tables do
                     not fit (section mem; default 16M)
   --only LIST       comma list of sections to run:
-                    1,2,3,4,5,6,7a,7b,9a,9b,9c,9d,nbd,mem,scale
+                    1,2,3,4,5,6,7a,7b,9a,9b,9c,9d,nbd,mem,scale,golden
+                    (golden: copy-on-read and stream, bench/golden.sh)
   --backing-connections N
                     plugin backing-connections= in the nbd section (default 8)
   --cache-dir DIR   where the random source data is cached
@@ -223,6 +224,11 @@ start_server() {
           cmd=(qemu-nbd -t -k "$sock" -f qed $QEMU_OPTS "$img") ;;
     raw)  cmd=(nbdkit -f --exit-with-parent -U "$sock" file file="$img") ;;
     base) cmd=(nbdkit -f --exit-with-parent -r -U "$sock" file file="$img") ;;
+    # golden.sh: QEMU's copy-on-read driver over the QED overlay; a base that logs its requests.
+    qemu-cor) cmd=(qemu-nbd -t -k "$sock" $QEMU_OPTS --image-opts
+                   "driver=copy-on-read,file.driver=qed,file.file.driver=file,file.file.filename=$img") ;;
+    base-log) cmd=(nbdkit -f --exit-with-parent -r -U "$sock" --filter=log file file="$img"
+                   logfile="$GOLDEN_BASE_LOG") ;;
   esac
   echo "+ ${cmd[*]}" >"$SRV_LOG"
   [ "$SYNC" = 1 ] && sync -f "$img"
@@ -586,11 +592,15 @@ run_nbd() {
   rm -f "$img"
 }
 
+# Copy-on-read and stream (issue 20): run_golden, report_golden.
+source "$here/golden.sh"
+
 # ------------------------------------------------------------------ run
 log "plugin $PLUGIN; image $SIZE; fio runtime ${RUNTIME}s; repeat $REPEAT; work dir $WORK"
 START=$(now)
 for id in "${RUN_ORDER[@]}"; do run_workload "$id"; done
 run_nbd
+run_golden
 run_mem
 run_scale
 
@@ -725,6 +735,7 @@ report() {
     echo "| nbdinfo --map of the whole image (ms) | ${SCALE[map,ours]:--} | ${SCALE[map,qemu]:--} | ${SCALE[map,raw]:--} | $(ratio "${SCALE[map,ours]:-}" "${SCALE[map,qemu]:-}") |"
     [ -n "${SCALE[note,raw]:-}" ] && echo "" && echo "raw: ${SCALE[note,raw]}"
   fi
+  report_golden
   targets
   if [ ${#ERR[@]} -gt 0 ]; then
     echo

@@ -118,6 +118,15 @@ int config_key(const char *key, const char *value, bool *ours) {
   for (const Key &k : kKeys)
     if (std::strcmp(key, k.name) == 0)
       return k.parse(config(), key, value);
+  // The plugin's keys that write into the image: say why, not just "unknown".
+  for (const char *writes : {"qed-copy-on-read", "qed-stream", "qed-stream-rate"}) {
+    if (std::strcmp(key, writes) == 0) {
+      nbdkit_error("%s: the qed filter serves the image read-only, and copy-on-read and the "
+                   "stream write into it; serve the image with the plugin (nbdkit qed file=...)",
+                   key);
+      return -1;
+    }
+  }
   nbdkit_error("unknown qed filter parameter '%s' (nbdkit --filter=qed null --help lists them)",
                key);
   return -1;

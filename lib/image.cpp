@@ -10,14 +10,16 @@
 namespace qed {
 
 Image::Image(std::string path, std::unique_ptr<File> file, const Header &header,
-             bool read_only)
+             const OpenOptions &options)
     : path_(std::move(path)),
       file_(std::move(file)),
-      read_only_(read_only),
+      read_only_(options.read_only),
       geo_(header),
       header_at_open_(header),
       header_(header),
-      needs_check_on_disk_(header.needs_check()) {}
+      needs_check_on_disk_(header.needs_check()),
+      copy_on_read_(options.copy_on_read && !options.read_only),
+      on_copy_failure_(options.on_copy_failure) {}
 
 Image::~Image() = default;
 
@@ -71,7 +73,7 @@ Result<std::unique_ptr<Image>> Image::open_file(const std::string &path,
   const Header header = decode_header(bytes);
   if (Status s = validate_header(header, *size); !s.is_ok())
     return s.with_context(path);
-  std::unique_ptr<Image> image(new Image(path, std::move(file), header, options.read_only));
+  std::unique_ptr<Image> image(new Image(path, std::move(file), header, options));
   QED_RETURN_IF_ERROR(image->load(options, chain));
   return image;
 }
@@ -190,11 +192,11 @@ Status Image::check_grow(uint64_t new_size) const {
         " bytes: the largest size for cluster size " +
         std::to_string(header_at_open_.cluster_size) + " and table size " +
         std::to_string(header_at_open_.table_size) + " is " + std::to_string(max) + " bytes");
-  if (rounded > old && backing_ && backing_->size() > old)
+  const BlockSource *b = below();
+  if (rounded > old && b && b->size() > old)
     return Status::invalid_argument(
         path_ + ": cannot grow from " + std::to_string(old) + " to " + std::to_string(rounded) +
-        " bytes: the backing file (" + backing_->description() + ") is " +
-        std::to_string(backing_->size()) +
+        " bytes: the backing file (" + b->description() + ") is " + std::to_string(b->size()) +
         " bytes, larger than the image, so the new space would show its data instead of "
         "zeroes");
   return Status::ok();
@@ -233,8 +235,10 @@ std::string bytes_for_people(uint64_t n) {
 std::string Image::description() const {
   std::string d = "qed " + path_ + " (cluster size " + bytes_for_people(geo_.cluster_size()) +
                   ", table size " + std::to_string(geo_.table_size_clusters()) + ")";
-  if (backing_)
-    d += ", backing file: " + backing_->description();
+  if (const BlockSource *b = below())
+    d += ", backing file: " + b->description();
+  else if (detached())
+    d += ", standalone: its backing file was streamed in and detached";
   return d;
 }
 

@@ -12,6 +12,7 @@
 #pragma once
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -58,6 +59,12 @@ struct OpenOptions {
   // reopen the image read-write, so that nobody else starts writing it, or
   // holds it, in between.
   bool lock_as_writer = false;
+  // Read-write only: a read served from the backing file also copies the
+  // whole clusters it covers into the image (image_copy.cpp).
+  bool copy_on_read = false;
+  // Called once, with the first failure of such a copy (the read itself
+  // succeeds: it has its data). The engine never logs; the front end does.
+  std::function<void(const Status &)> on_copy_failure;
 };
 
 struct ZeroFlags {
@@ -100,10 +107,33 @@ public:
   // than the image (the new space would show its data).
   Status check_grow(uint64_t new_size) const;
 
+  // Copies what the backing file shows at the whole clusters covering
+  // [pos, pos+count) into the clusters of the image that are still
+  // unallocated (copy-on-read and the stream; image_copy.cpp). `known`, when
+  // not null, holds what the backing file shows at [pos, pos+count), so those
+  // bytes are not read again. Clusters that a write allocated or zeroed, or
+  // has in flight, keep what the write put there. When reading the backing
+  // file failed, *base_failed (if given) is set.
+  Status copy_up(uint64_t pos, uint64_t count, const uint8_t *known, bool *base_failed);
+  // What the image itself maps at `pos` (not what lies below).
+  Result<Run> lookup(uint64_t pos, uint64_t len) { return meta_->lookup(pos, len); }
+  // The backing file while the image uses one; null once detached.
+  BlockSource *backing() const { return below(); }
+  // Makes the image standalone once every cluster the backing file has data
+  // for is in the image (the stream's last step; the caller vouches for
+  // that): flushes, rewrites the header without the backing file (one sector,
+  // then a sync), and stops reading the backing file.
+  Status detach_backing();
+  // Whether detach_backing() made the image standalone in this open.
+  bool detached() const { return detached_.load(std::memory_order_acquire); }
+  // Client requests started so far (reads, writes, zeroes, trims, flushes):
+  // the stream yields while this moves.
+  uint64_t requests_started() const { return requests_.load(std::memory_order_relaxed); }
+
   const std::string &path() const { return path_; }
   const Geometry &geometry() const { return geo_; }
   bool read_only() const { return read_only_; }
-  bool has_backing() const { return backing_ != nullptr; }
+  bool has_backing() const { return below() != nullptr; }
   bool can_punch_holes() const { return can_punch_; }
   Header header();
   // The header as validated at open (geometry fields never change).
@@ -133,7 +163,8 @@ public:
   CacheUse cache_use() const;
 
 private:
-  Image(std::string path, std::unique_ptr<File> file, const Header &header, bool read_only);
+  Image(std::string path, std::unique_ptr<File> file, const Header &header,
+        const OpenOptions &options);
 
   Status load(const OpenOptions &options, ChainState &chain);
   Status run_check(CheckPolicy policy);
@@ -143,6 +174,19 @@ private:
   Status mark_clean_locked();
   void probe_hole_punching();
 
+  // The backing file, unless detach_backing() made the image standalone.
+  // The object itself lives as long as the image: requests that took it
+  // before the detach may still be reading it.
+  BlockSource *below() const {
+    return detached_.load(std::memory_order_acquire) ? nullptr : backing_.get();
+  }
+  // Copy-on-read after a read served [pos, pos+count) from the backing file;
+  // a failure goes to on_copy_failure_ (once), never to the reader.
+  void copy_after_read(uint64_t pos, uint64_t count, const uint8_t *data);
+  // Fills `out` with what the backing file shows at [vpos, vpos+count),
+  // taking the bytes of [known_pos, known_pos+known_len) from `known`.
+  Status fill_from_below(uint8_t *out, uint64_t vpos, uint64_t count, const uint8_t *known,
+                         uint64_t known_pos, uint64_t known_len, bool *base_failed);
   Status write_allocation(Allocation &a, const uint8_t *data, uint64_t pos, uint64_t count);
   // Copies what lay below [vpos, vpos+count) to `host`, a chunk at a time.
   Status copy_below(Run::Kind was, uint64_t vpos, uint64_t count, uint64_t host);
@@ -199,6 +243,12 @@ private:
   uint64_t written_reach_ = 0;
   // A write-back wrote metadata that no sync has covered yet.
   bool metadata_unsynced_ = false;    // guarded by flush_mu_
+
+  const bool copy_on_read_;
+  const std::function<void(const Status &)> on_copy_failure_;
+  std::atomic<bool> copy_failed_{false};  // on_copy_failure_ was called
+  std::atomic<bool> detached_{false};     // set once, under flush_mu_
+  std::atomic<uint64_t> requests_{0};
 
   // File changes by writes, zeroes and trims, counted when they complete.
   std::atomic<uint64_t> written_{0};

@@ -7,6 +7,7 @@
 namespace qed {
 
 Status Image::read(void *buf, size_t count, uint64_t pos) {
+  requests_.fetch_add(1, std::memory_order_relaxed);
   QED_RETURN_IF_ERROR(check_range(pos, count, "read"));
   auto *out = static_cast<uint8_t *>(buf);
   while (count > 0) {
@@ -22,10 +23,13 @@ Status Image::read(void *buf, size_t count, uint64_t pos) {
       std::memset(out, 0, n);
       break;
     case Run::kUnallocated:
-      if (backing_)
-        QED_RETURN_IF_ERROR(read_clipped(*backing_, out, n, pos));
-      else
+      if (BlockSource *b = below()) {
+        QED_RETURN_IF_ERROR(read_clipped(*b, out, n, pos));
+        if (copy_on_read_)
+          copy_after_read(pos, n, out);
+      } else {
         std::memset(out, 0, n);
+      }
       break;
     }
     out += n;
@@ -45,10 +49,11 @@ Result<std::vector<Extent>> Image::extents(uint64_t pos, uint64_t count, size_t 
     uint64_t done = run->length;
     if (run->kind == Run::kData) {
       append_extent(out, {pos, done, false});
-    } else if (run->kind == Run::kUnallocated && backing_ && pos < backing_->size()) {
+    } else if (BlockSource *b = below();
+               run->kind == Run::kUnallocated && b && pos < b->size()) {
       // Unallocated clusters show what lies below them.
-      const uint64_t below = std::min(done, backing_->size() - pos);
-      auto sub = backing_->extents(pos, below, max - out.size() + 1);
+      const uint64_t below = std::min(done, b->size() - pos);
+      auto sub = b->extents(pos, below, max - out.size() + 1);
       if (!sub)
         return sub.status();
       done = 0;

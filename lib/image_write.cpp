@@ -149,13 +149,17 @@ Status check_reach(File &file, uint64_t needed) {
 
 bool Image::may_show_below(Run::Kind was, uint64_t vpos, uint64_t count) const {
   // A fresh cluster reads as zeroes, so only backing data needs writing.
-  return count != 0 && was != Run::kZero && backing_ && vpos < backing_->size();
+  const BlockSource *b = below();
+  return count != 0 && was != Run::kZero && b && vpos < b->size();
 }
 
 Result<bool> Image::read_below(Run::Kind was, uint64_t vpos, uint64_t count, uint8_t *out) {
   if (!may_show_below(was, vpos, count))
     return false;
-  QED_RETURN_IF_ERROR(read_clipped(*backing_, out, count, vpos));
+  BlockSource *b = below();
+  if (!b)  // detached since may_show_below(): what lay below is zeroes
+    return false;
+  QED_RETURN_IF_ERROR(read_clipped(*b, out, count, vpos));
   return !all_zero(out, count);
 }
 
@@ -274,6 +278,7 @@ Status Image::fail(const Status &why, const char *doing) {
 }
 
 Status Image::write(const void *buf, size_t count, uint64_t pos, bool fua) {
+  requests_.fetch_add(1, std::memory_order_relaxed);
   QED_RETURN_IF_ERROR(check_range(pos, count, "write"));
   QED_RETURN_IF_ERROR(refuse_if_failed());
   QED_RETURN_IF_ERROR(write_range(static_cast<const uint8_t *>(buf), count, pos));
@@ -305,7 +310,8 @@ Status Image::zero_data(uint64_t host, uint64_t count, ZeroFlags flags) {
 
 Result<uint64_t> Image::zero_unallocated(uint64_t pos, uint64_t count) {
   // Without data below, an unallocated cluster already reads as zeroes.
-  if (!backing_ || pos >= backing_->size())
+  const BlockSource *b = below();
+  if (!b || pos >= b->size())
     return count;
   const uint64_t cs = geo_.cluster_size();
   const uint64_t start = pos;
@@ -332,7 +338,8 @@ Result<uint64_t> Image::zero_unallocated(uint64_t pos, uint64_t count) {
 }
 
 Status Image::check_fast_zero(uint64_t pos, uint64_t count) {
-  const uint64_t below = backing_ ? backing_->size() : 0;
+  const BlockSource *b = below();
+  const uint64_t below_end = b ? b->size() : 0;
   while (count > 0) {
     auto run = meta_->lookup(pos, count);
     if (!run)
@@ -341,12 +348,12 @@ Status Image::check_fast_zero(uint64_t pos, uint64_t count) {
     bool slow = false;
     if (run->kind == Run::kData) {
       slow = !can_punch_;  // otherwise zeroes would be written
-    } else if (run->kind == Run::kUnallocated && pos < below) {
+    } else if (run->kind == Run::kUnallocated && pos < below_end) {
       // Whole clusters become zero clusters (metadata only); a partial one
       // over backing data needs copy-on-write.
       const uint64_t end = pos + n;
       slow = geo_.offset_in_cluster(pos) != 0 ||
-             (geo_.offset_in_cluster(end) != 0 && geo_.cluster_start(end) < below);
+             (geo_.offset_in_cluster(end) != 0 && geo_.cluster_start(end) < below_end);
     }
     if (slow)
       return Status::not_supported(path_ + ": zeroing " + std::to_string(n) + " bytes at " +
@@ -358,6 +365,7 @@ Status Image::check_fast_zero(uint64_t pos, uint64_t count) {
 }
 
 Status Image::zero(uint64_t pos, uint64_t count, ZeroFlags flags) {
+  requests_.fetch_add(1, std::memory_order_relaxed);
   if (read_only_)
     return Status::read_only(path_ + ": image is open read-only");
   QED_RETURN_IF_ERROR(check_range(pos, count, "zero"));
@@ -388,6 +396,7 @@ Status Image::zero(uint64_t pos, uint64_t count, ZeroFlags flags) {
 }
 
 Status Image::trim(uint64_t pos, uint64_t count, bool fua) {
+  requests_.fetch_add(1, std::memory_order_relaxed);
   if (read_only_)
     return Status::read_only(path_ + ": image is open read-only");
   QED_RETURN_IF_ERROR(check_range(pos, count, "trim"));
@@ -415,6 +424,7 @@ Status Image::trim(uint64_t pos, uint64_t count, bool fua) {
 }
 
 Status Image::flush() {
+  requests_.fetch_add(1, std::memory_order_relaxed);
   if (read_only_)
     return Status::ok();
   std::lock_guard lock(flush_mu_);

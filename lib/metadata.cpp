@@ -373,6 +373,14 @@ bool Metadata::wait_for_inflight(std::unique_lock<std::mutex> &lock, uint64_t cl
 }
 
 Result<WritePlan> Metadata::plan_write(uint64_t pos, uint64_t len) {
+  return plan_allocation(pos, len, false);
+}
+
+Result<WritePlan> Metadata::plan_copy(uint64_t pos, uint64_t len) {
+  return plan_allocation(pos, len, true);
+}
+
+Result<WritePlan> Metadata::plan_allocation(uint64_t pos, uint64_t len, bool unallocated_only) {
   std::unique_lock lock(mu_);
   for (;;) {
     auto got = table_for_write(lock, pos);
@@ -392,6 +400,13 @@ Result<WritePlan> Metadata::plan_write(uint64_t pos, uint64_t len) {
     const uint64_t cluster = pos >> geo_.cluster_bits();
     if (wait_for_inflight(lock, cluster))
       continue;
+    if (unallocated_only && kind == EntryKind::kZero) {
+      // A zero cluster is newer than the backing data: skip it.
+      auto run = run_in_table(t, pos, len);
+      if (!run)
+        return run.status();
+      return WritePlan{false, *run, {}};
+    }
     const uint64_t want = std::min({geo_.clusters_for(geo_.offset_in_cluster(pos) + len),
                                     uint64_t(t->entries.size() - first),
                                     image_clusters_from(cluster),
@@ -400,7 +415,8 @@ Result<WritePlan> Metadata::plan_write(uint64_t pos, uint64_t len) {
     EntryKind last = kind;
     while (n < want) {
       const EntryKind k = classify(t->entries[first + n]);
-      if (k == EntryKind::kData || k == EntryKind::kInvalid)
+      if (k == EntryKind::kData || k == EntryKind::kInvalid ||
+          (unallocated_only && k != EntryKind::kUnallocated))
         break;
       last = k;
       n++;

@@ -160,6 +160,13 @@ public:
 
   // Plans the start of a write at `pos` of `len` bytes.
   Result<WritePlan> plan_write(uint64_t pos, uint64_t len);
+  // Plans the start of a copy from the backing file (copy-on-read, stream):
+  // like plan_write(), but only clusters still unallocated are allocated, so
+  // that base data never overwrites what a write (or zero) put there. A
+  // cluster a write has in flight is waited for, then looked at again. When
+  // the cluster at `pos` is data or a zero cluster, the plan is not to
+  // allocate, and in_place.length is how many bytes of that kind to skip.
+  Result<WritePlan> plan_copy(uint64_t pos, uint64_t len);
   // Points the L2 entries at the written clusters and wakes waiters. The
   // reservation ends either way.
   Status commit(Allocation &allocation);
@@ -213,6 +220,7 @@ private:
   CachedTable *create_table(uint64_t l1_index);
   // The table covering `pos`, created if the L1 entry is empty.
   Result<CachedTable *> table_for_write(std::unique_lock<std::mutex> &lock, uint64_t pos);
+  Result<WritePlan> plan_allocation(uint64_t pos, uint64_t len, bool unallocated_only);
   // If an allocation owns `cluster`, waits for it and returns true.
   bool wait_for_inflight(std::unique_lock<std::mutex> &lock, uint64_t cluster);
   void sanitize_loaded(CachedTable *table);

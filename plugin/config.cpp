@@ -149,6 +149,14 @@ const Key kKeys[] = {
     {"allow-local-exports", "true",
      "Below an image on an NBD server, allow NBD backing files on this host.",
      [](Config &c, const char *, const char *v) { return parse_bool(v, c.allow_local_exports); }},
+    {"copy-on-read", "true",
+     "Copy the clusters reads fetch from the backing file into the image.",
+     [](Config &c, const char *, const char *v) { return parse_bool(v, c.copy_on_read); }},
+    {"stream", "true",
+     "Copy the whole backing file into the image while serving, then detach it.",
+     [](Config &c, const char *, const char *v) { return parse_bool(v, c.stream); }},
+    {"stream-rate", "<SIZE>", "With stream=true: most bytes copied per second (default no limit).",
+     [](Config &c, const char *k, const char *v) { return parse_size(k, v, c.stream_rate); }},
     {"size", "<SIZE>", "Size of a new image; on an existing image, grow it to SIZE.",
      [](Config &c, const char *k, const char *v) { return parse_size(k, v, c.size); }},
     {"create", "true", "Create file= as a new, empty image (needs size= or backing=).",
@@ -231,6 +239,22 @@ int config_complete() {
   c.create_options.overwrite = c.overwrite;
   // Unknown: lock as a writer, which keeps everyone else out.
   c.read_only = nbdkit_read_only().value_or(false);
+  if (c.stream_rate && !c.stream) {
+    nbdkit_error("stream-rate only applies with stream=true");
+    return -1;
+  }
+  if (c.read_only && (c.copy_on_read || c.stream)) {
+    nbdkit_error("%s: nbdkit runs with -r (read-only), and %s writes into the image what it "
+                 "copies from the backing file; drop -r or the key",
+                 c.copy_on_read ? "copy-on-read=true" : "stream=true",
+                 c.copy_on_read ? "copy-on-read" : "the stream");
+    return -1;
+  }
+  if (!c.allow_backing && (c.copy_on_read || c.stream)) {
+    nbdkit_error("%s: there is no backing file to copy from with allow-backing=false",
+                 c.copy_on_read ? "copy-on-read=true" : "stream=true");
+    return -1;
+  }
   nbdkit_debug("%s: locked as a %s (nbdkit %s -r)", c.file.c_str(),
                c.read_only ? "reader" : "writer", c.read_only ? "runs with" : "runs without");
   return 0;

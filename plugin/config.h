@@ -24,6 +24,9 @@ struct Config {
   bool allow_local_exports = false;    // allow-local-exports=true
   qed::CheckPolicy check = qed::CheckPolicy::kAuto;  // check=
   qed::Locking locking = qed::Locking::kAuto;        // locking=
+  bool copy_on_read = false;           // copy-on-read=true
+  bool stream = false;                 // stream=true
+  uint64_t stream_rate = 0;            // stream-rate=: bytes per second, 0 unlimited
   // nbdkit runs with -r (nbdkit_args.h): the image is locked as a reader;
   // otherwise as a writer from start-up, before any client asks to write.
   bool read_only = false;

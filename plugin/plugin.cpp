@@ -24,6 +24,7 @@
 #include "nbdkit_extents.h"
 #include "nbd_store.h"
 #include "printable.h"
+#include "stream_task.h"
 
 #define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
 
@@ -65,6 +66,9 @@ qed::BackingStores backing_stores() {
   return stores;
 }
 
+// stream=true: started in .after_fork, stopped in .cleanup.
+StreamTask stream_task;
+
 qed::OpenOptions open_options(bool read_only) {
   const Config &c = config();
   qed::OpenOptions o;
@@ -76,6 +80,12 @@ qed::OpenOptions open_options(bool read_only) {
   o.check = c.check;
   o.locking = lock_settings();
   o.lock_as_writer = !c.read_only;
+  o.copy_on_read = c.copy_on_read;
+  o.on_copy_failure = [](const qed::Status &s) {
+    // Once per open: the reads go on, served from the backing file.
+    nbdkit_error("%s (the read succeeded; later copies may fail too, this is logged once)",
+                 qed_nbdkit::printable(s.message()).c_str());
+  };
   return o;
 }
 
@@ -110,7 +120,9 @@ int qed_get_ready() {
         return report(s);
     }
     std::lock_guard lock(served_mu);
-    if (open_served(true) == -1)
+    // Copy-on-read and the stream write from the start: open read-write now
+    // (config_complete refused them with -r).
+    if (open_served(!(c.copy_on_read || c.stream)) == -1)
       return -1;
     if (report(qed_nbdkit::check_export_size(*served)) == -1)
       return -1;
@@ -118,8 +130,26 @@ int qed_get_ready() {
   });
 }
 
+// Threads do not survive nbdkit's fork into the background: the stream
+// starts here.
+int qed_after_fork() {
+  return guarded([] {
+    const Config &c = config();
+    if (!c.stream)
+      return 0;
+    std::lock_guard lock(served_mu);
+    if (!served || !served_writable) {
+      nbdkit_error("%s: stream=true: the image is not open read-write", c.file.c_str());
+      return -1;
+    }
+    stream_task.start(served, c.stream_rate);
+    return 0;
+  });
+}
+
 void qed_cleanup() {
   guarded([] {
+    stream_task.stop();  // before the close: it writes into the image
     std::lock_guard lock(served_mu);
     if (served && served_writable)
       report(served->close());
@@ -258,6 +288,7 @@ nbdkit_plugin create_plugin() {
   p.config_help = config_help();
   p.magic_config_key = "file";
   p.get_ready = qed_get_ready;
+  p.after_fork = qed_after_fork;
   p.cleanup = qed_cleanup;
   p.dump_plugin = qed_dump_plugin;
   p.open = qed_open;

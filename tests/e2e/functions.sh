@@ -653,3 +653,17 @@ compare_with_plugin() {
   fi
   rm -f "$p.raw" "$f.raw" "$p.map" "$f.map"
 }
+
+# wait_line FILE REGEX [SECONDS]: until a line of FILE matches REGEX (grep -E);
+# fails the test after SECONDS (default 120), showing FILE.
+wait_line() {
+  local file=$1 re=$2 secs=${3:-120} i
+  for ((i = 0; i < secs * 10; i++)); do
+    if [[ -f $file ]] && grep -Eq -- "$re" "$file"; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  cat "$file" >&2 || true
+  fail "no line matching '$re' in $file within $secs s"
+}

@@ -102,3 +102,13 @@ status_counts() {
        / \.\.\.Extents id=/ { extents += gsub(/"/, "") / 2 }
        END { print requests + 0, extents + 0 }' "$1"
 }
+
+# read_bytes LOG: the bytes a base served with --filter=log logfile=LOG was asked
+# to read.
+read_bytes() {
+  local n=0 c
+  while read -r c; do
+    n=$((n + c))
+  done < <(grep -ao ' Read id=[0-9]* offset=0x[0-9a-f]* count=0x[0-9a-f]*' "$1" | sed 's/.*count=//')
+  echo "$n"
+}

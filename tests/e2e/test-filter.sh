@@ -358,6 +358,10 @@ refused "qed-backing-format= alone" --filter="$filter" file img.qed qed-backing-
 said qed-backing=
 refused "an unknown qed- key" --filter="$filter" file img.qed qed-frobnicate=1
 said qed-frobnicate
+for key in qed-copy-on-read=true qed-stream=true qed-stream-rate=1M; do
+  refused "$key (the filter is read-only)" --filter="$filter" file img.qed "$key"
+  said "${key%%=*}: the qed filter serves the image read-only"
+done
 refused "qed-check=repair" --filter="$filter" file img.qed qed-check=repair
 said qed-check
 serve true --filter="$filter" file img.qed qed-cache-size=32K || fail "qed-cache-size="

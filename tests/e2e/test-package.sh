@@ -83,6 +83,8 @@ has() {
 }
 has "$plugindir/nbdkit-qed-plugin.so"
 has /usr/share/man/man1/nbdkit-qed-plugin.1.gz
+has /usr/bin/qed-stream
+has /usr/share/man/man1/qed-stream.1.gz
 has /usr/share/doc/nbdkit-qed-plugin/copyright
 [[ $plugindir == /usr/lib/$multiarch/nbdkit/plugins ]] ||
   echo "(nbdkit's plugindir is $plugindir, not the Debian default)"

@@ -509,7 +509,12 @@ def main():
     ap.add_argument("--backing-uri")
     ap.add_argument("--conns", type=int, default=4)
     ap.add_argument("--inflight", type=int, default=4)
+    # With copy-on-read or a stream, a cluster never written may have been copied
+    # from the base: a trim may then free it (zeroes), which the model cannot tell.
+    ap.add_argument("--no-trim", action="store_true")
     a = ap.parse_args()
+    if a.no_trim:
+        Worker.OPS = [o for o in Worker.OPS if o[0] != "trim"]
 
     h = nbd.NBD()
     h.connect_uri(a.uri)

@@ -130,6 +130,13 @@ std::vector<Scenario> crash_scenarios() {
       // race allocations; a short delay before each ftruncate widens the race.
       {"c64k-t2-nofallocate", 65536, 2, 4 << 20, 0, "0", 4, 120, "fallocate:1+:EOPNOTSUPP",
        "ftruncate:200"},
+      // Golden images (issue 20): reads copy what they fetch from the base,
+      // racing the writes (the recording lasts some 60 ms); and a stream,
+      // unlimited, that copies the base and detaches it (the header
+      // rewrite) as the workload starts.
+      {"c4k-t2-cor", 4096, 2, 4 << 20, 3 << 20, "64K", 4, 150, "", "", "copy-on-read=true"},
+      {"c4k-t2-stream", 4096, 2, 4 << 20, 3 << 20, "64K", 4, 150, "", "",
+       "copy-on-read=true stream=true"},
   };
 }
 
@@ -280,6 +287,9 @@ int fault_mode(const Tools &tools, const std::string &dir) {
   const std::vector<Scenario> scenarios = {
       {"f-c64k-t4", 65536, 4, 2 << 20, 0, "", 3, 60, "", ""},
       {"f-c4k-t2-backing", 4096, 2, 2 << 20, 1536 << 10, "64K", 3, 60, "", ""},
+      // A copy that fails must not fail the read that fetched its data.
+      {"f-c4k-t2-cor-stream", 4096, 2, 2 << 20, 1536 << 10, "64K", 3, 60, "", "",
+       "copy-on-read=true stream=true stream-rate=2M"},
   };
   WorkloadSpec spec;
   spec.own_regions = true;

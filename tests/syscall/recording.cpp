@@ -84,6 +84,12 @@ std::vector<std::string> plugin_args(const std::string &image, const Scenario &s
   std::vector<std::string> args = {"file=" + image};
   if (!s.cache_size.empty())
     args.push_back("cache-size=" + s.cache_size);
+  for (size_t at = 0; at < s.options.size();) {
+    const size_t end = std::min(s.options.find(' ', at), s.options.size());
+    if (end > at)
+      args.push_back(s.options.substr(at, end - at));
+    at = end + 1;
+  }
   return args;
 }
 
@@ -93,6 +99,7 @@ Driver random_workload(WorkloadSpec spec, const Scenario &s, uint64_t seed) {
   spec.cluster_size = s.cluster_size;
   spec.connections = s.connections;
   spec.ops_per_connection = s.ops;
+  spec.reads = s.options.find("copy-on-read=true") != std::string::npos;
   spec.seed = seed;
   return [spec](const std::string &socket, const Recording &rec) {
     WorkloadSpec with_disk = spec;

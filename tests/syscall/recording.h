@@ -36,6 +36,8 @@ struct Scenario {
   unsigned ops;            // per connection
   std::string fail;        // QED_SYSCALL_FAIL for the whole recording
   std::string delay;       // QED_SYSCALL_DELAY
+  // More plugin options, space-separated (copy-on-read=true stream=true ...).
+  std::string options;
 };
 
 struct Recording {

@@ -126,6 +126,7 @@ private:
   void range(uint64_t &off, uint64_t &len);
   void issue(nbd_handle *h, Request r);
   void check_back(nbd_handle *h, const Request &r);
+  void read_some(nbd_handle *h);
   void forget(uint64_t off, uint64_t len) {
     if (spec_.read_back)
       std::fill(known_.begin() + long(off - first_), known_.begin() + long(off - first_ + len), 0);
@@ -204,8 +205,31 @@ void Connection::check_back(nbd_handle *h, const Request &r) {
   }
 }
 
+void Connection::read_some(nbd_handle *h) {
+  uint64_t off, len;
+  range(off, len);
+  std::vector<uint8_t> got(len);
+  if (nbd_pread(h, got.data(), len, off, 0) == -1) {
+    violations_.push_back("read of " + std::to_string(len) + " bytes at " + std::to_string(off) +
+                          " failed: " + nbd_get_error());
+    return;
+  }
+  if (!spec_.read_back)
+    return;
+  for (uint64_t i = 0; i < len; i++) {
+    if (known_[off - first_ + i] && got[i] != shadow_[off - first_ + i]) {
+      violations_.push_back("read at " + std::to_string(off) + ": byte " +
+                            std::to_string(off + i) + " holds " + std::to_string(got[i]) +
+                            ", expected " + std::to_string(shadow_[off - first_ + i]));
+      return;
+    }
+  }
+}
+
 void Connection::run(nbd_handle *h) {
   for (unsigned op = 0; op < spec_.ops_per_connection; op++) {
+    if (spec_.reads && rng_() % 3 == 0)
+      read_some(h);
     Request r;
     r.kind = ReqKind::kWrite;
     r.conn = index_;

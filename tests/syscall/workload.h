@@ -39,6 +39,10 @@ struct WorkloadSpec {
   // After every acknowledged write or zero, read the range back and compare.
   bool read_back = false;
   bool fast_zero = true;  // some zero requests carry FAST_ZERO
+  // Also reads random ranges (not recorded as requests: they change nothing
+  // a crash could lose), for copy-on-read; with read_back, the bytes known
+  // are checked.
+  bool reads = false;
   uint64_t seed = 1;
   std::vector<uint8_t> initial_disk;  // what the disk reads before (read_back)
 };
