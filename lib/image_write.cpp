@@ -114,15 +114,15 @@ uint64_t reach_of(const Writeback &w, const Geometry &geo) {
   uint64_t end = 0;
   for (const Writeback::Piece &p : w.tables) {
     end = std::max(end, reach(p.table->offset, geo.table_bytes()));
-    for (size_t i = 0; i + 8 <= p.bytes.size(); i += 8) {
-      const uint64_t e = load_le64(p.bytes.data() + i);
+    for (size_t i = 0; i + 8 <= p.count; i += 8) {
+      const uint64_t e = load_le64(p.bytes + i);
       if (e > kEntryZero)
         end = std::max(end, reach(e, geo.cluster_size()));
     }
   }
   for (const Writeback::Piece &p : w.l1) {
-    for (size_t i = 0; i + 8 <= p.bytes.size(); i += 8) {
-      const uint64_t e = load_le64(p.bytes.data() + i);
+    for (size_t i = 0; i + 8 <= p.count; i += 8) {
+      const uint64_t e = load_le64(p.bytes + i);
       if (e != 0)
         end = std::max(end, reach(e, geo.table_bytes()));
     }
