@@ -221,6 +221,10 @@ Status Conn::run(std::vector<Command> &commands, Clock::time_point deadline, Out
   if (leading_ && (!alive(h) || (nbd_aio_get_direction(h) & LIBNBD_AIO_DIRECTION_WRITE)))
     kick();
   wait(lock, w, deadline);
+  // Another request's deadline shut the connection down, and ours has passed
+  // too: ours timed out as well (no retry).
+  if (broken_ && !w.timed_out && issued > 0 && Clock::now() >= deadline)
+    w.timed_out = true;
 
   int err = 0;
   for (size_t i = 0; i < issued; i++) {
