@@ -149,12 +149,33 @@ void Conn::lead_once(std::unique_lock<std::mutex> &lock, Waiter &w, Clock::time_
     broken_ = true;
 }
 
+bool Conn::replies_waiting(std::unique_lock<std::mutex> &lock) {
+  nbd_handle *h = h_.get();
+  if (std::none_of(waiting_.begin(), waiting_.end(), [](Waiter *o) { return o->pending > 0; }))
+    return false;
+  const int fd = nbd_aio_get_fd(h);
+  if (fd < 0 || !alive(h) || !(nbd_aio_get_direction(h) & LIBNBD_AIO_DIRECTION_READ))
+    return false;
+  pollfd p{fd, POLLIN, 0};
+  lock.unlock();
+  const int r = ::poll(&p, 1, 0);
+  lock.lock();
+  if (r != 1 || nbd_aio_get_fd(h) != fd || !(p.revents & (POLLIN | POLLHUP | POLLERR)))
+    return false;
+  return nbd_aio_notify_read(h) != -1;
+}
+
 void Conn::wait(std::unique_lock<std::mutex> &lock, Waiter &w, Clock::time_point deadline) {
   while (w.pending > 0) {
     if (!leading_) {
       leading_ = true;
       while (w.pending > 0)
         lead_once(lock, w, deadline);
+      // Replies for others that are already here are read before the role
+      // passes on: their threads are woken once, by us, rather than once to
+      // lead and again by their reply.
+      while (!broken_ && replies_waiting(lock))
+        ;
       leading_ = false;
       // The oldest waiter still waiting leads next: its reply is likely the
       // next one on the socket.

@@ -106,6 +106,9 @@ private:
   // One round of the leader: poll the socket (mu_ released meanwhile), then
   // let libnbd read or write.
   void lead_once(std::unique_lock<std::mutex> &lock, Waiter &w, Clock::time_point deadline);
+  // The leader, its own commands done: reads one reply that is already on
+  // the socket, if a follower still waits; false if there was none.
+  bool replies_waiting(std::unique_lock<std::mutex> &lock);
   // Wakes the leader out of poll(): state changed that its poll() does not
   // watch (a command to write, the handle died, a deadline passed).
   void kick();
