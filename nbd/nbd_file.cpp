@@ -262,6 +262,7 @@ Result<std::shared_ptr<Conn>> NbdFile::acquire(bool status, Clock::time_point de
   }
   if (Clock::now() < retry_at_) {
     give_back_places_locked();
+    changed_.notify_all();  // the others waiting fail at once too
     return failed("server unreachable (" + last_failure_ + "); next attempt in " +
                   std::to_string(ms_until(retry_at_)) + " ms");
   }
@@ -286,7 +287,7 @@ Result<std::shared_ptr<Conn>> NbdFile::acquire(bool status, Clock::time_point de
   last_failure_ = s.message();
   retry_at_ = Clock::now() + std::chrono::milliseconds(backoff_ms_);
   backoff_ms_ = std::min(backoff_ms_ * 2, options_.backoff_max_ms);
-  changed_.notify_one();
+  changed_.notify_all();
   return s;
 }
 
@@ -306,7 +307,7 @@ void NbdFile::release(const std::shared_ptr<Conn> &c, bool keep) {
         give_back_places_locked();
       }
     }
-    changed_.notify_one();
+    changed_.notify_all();
   }
   // Closed here, outside the lock (nbd_close may wait for the socket), when
   // the caller's reference goes too.
@@ -325,6 +326,7 @@ void NbdFile::drop_idle() {
       }
     }
     give_back_places_locked();
+    changed_.notify_all();
   }
   // The server went away: the one that comes back may serve other content.
   status_.clear();

@@ -173,7 +173,9 @@ private:
   StatusCache status_;  // thread-safe by itself
 
   std::mutex mu_;
-  std::condition_variable changed_;  // a connection came back or a place freed up
+  // A connection came back, a place freed up, or connecting failed: every
+  // waiter looks again (several may go on at once, or all fail at once).
+  std::condition_variable changed_;
   // Guarded by mu_:
   std::vector<Slot> conns_;          // open connections, idle or in use
   unsigned opening_ = 0;             // connections being made
