@@ -33,7 +33,31 @@ struct Waiter {
   std::condition_variable wake;  // its commands are done, or it may lead now
   unsigned pending = 0;          // commands issued and not done
   bool timed_out = false;        // its deadline passed with commands in flight
+  // In the connection's list of followers while it waits as one (linked
+  // here, so that waiting allocates nothing and cannot throw with commands
+  // in flight).
+  Waiter *prev = nullptr, *next = nullptr;
 };
+
+void Conn::follow(Waiter &w) {
+  w.prev = last_;
+  w.next = nullptr;
+  (last_ ? last_->next : first_) = &w;
+  last_ = &w;
+}
+
+void Conn::unfollow(Waiter &w) {
+  (w.prev ? w.prev->next : first_) = w.next;
+  (w.next ? w.next->prev : last_) = w.prev;
+  w.prev = w.next = nullptr;
+}
+
+Waiter *Conn::first_pending() const {
+  for (Waiter *o = first_; o; o = o->next)
+    if (o->pending > 0)
+      return o;
+  return nullptr;
+}
 
 namespace {
 
@@ -151,7 +175,7 @@ void Conn::lead_once(std::unique_lock<std::mutex> &lock, Waiter &w, Clock::time_
 
 bool Conn::replies_waiting(std::unique_lock<std::mutex> &lock) {
   nbd_handle *h = h_.get();
-  if (std::none_of(waiting_.begin(), waiting_.end(), [](Waiter *o) { return o->pending > 0; }))
+  if (!first_pending())
     return false;
   const int fd = nbd_aio_get_fd(h);
   if (fd < 0 || !alive(h) || !(nbd_aio_get_direction(h) & LIBNBD_AIO_DIRECTION_READ))
@@ -179,14 +203,11 @@ void Conn::wait(std::unique_lock<std::mutex> &lock, Waiter &w, Clock::time_point
       leading_ = false;
       // The oldest waiter still waiting leads next: its reply is likely the
       // next one on the socket.
-      for (Waiter *o : waiting_)
-        if (o->pending > 0) {
-          o->wake.notify_one();
-          break;
-        }
+      if (Waiter *o = first_pending())
+        o->wake.notify_one();
       return;
     }
-    waiting_.push_back(&w);
+    follow(w);
     if (w.timed_out || broken_) {
       // The leader is shutting the socket down: libnbd fails our commands
       // as soon as it reads EOF.
@@ -197,14 +218,15 @@ void Conn::wait(std::unique_lock<std::mutex> &lock, Waiter &w, Clock::time_point
       broken_ = true;
       kick();
     }
-    waiting_.erase(std::find(waiting_.begin(), waiting_.end(), &w));
+    unfollow(w);
   }
 }
 
 Status Conn::run(std::vector<Command> &commands, Clock::time_point deadline, Outcome &outcome) {
   nbd_handle *h = h_.get();
   Waiter w;
-  std::string failure;
+  std::string failure;  // why issuing failed (issue_failed), if said
+  bool issue_failed = false;
   std::unique_lock lock(mu_);
   if (broken_ || stopping_ || !alive(h)) {
     outcome = Outcome::kLost;
@@ -233,7 +255,13 @@ Status Conn::run(std::vector<Command> &commands, Clock::time_point deadline, Out
     }
     if (cookie == -1) {  // not queued: its callback is never called
       w.pending--;
-      failure = libnbd_error();
+      // Earlier commands may be in flight: nothing here may throw.
+      issue_failed = true;
+      try {
+        failure = libnbd_error();
+      } catch (...) {
+        failure.clear();  // said after the wait
+      }
       break;
     }
   }
@@ -261,15 +289,17 @@ Status Conn::run(std::vector<Command> &commands, Clock::time_point deadline, Out
     return Status::io_error("no reply within " + std::to_string(request_timeout_ms_) + " ms",
                             EIO);
   }
+  if (issue_failed && failure.empty())
+    failure = "cannot issue the command";
   if (broken_ || stopping_ || !alive(h)) {
     outcome = Outcome::kLost;
-    if (!failure.empty())
+    if (issue_failed)
       return Status::io_error(failure, EIO);
     return Status::io_error(
         std::string("connection lost") + (err ? std::string(": ") + std::strerror(err) : ""), EIO);
   }
   outcome = Outcome::kKeep;
-  if (!failure.empty())
+  if (issue_failed)
     return Status::io_error(failure, EIO);
   if (err != 0)
     return Status::io_error(std::string("the server failed the command: ") + std::strerror(err),

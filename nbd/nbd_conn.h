@@ -113,6 +113,10 @@ private:
   // watch (a command to write, the handle died, a deadline passed).
   void kick();
   void drain_kicks();
+  // With mu_ held: the list of followers.
+  void follow(Waiter &w);
+  void unfollow(Waiter &w);
+  Waiter *first_pending() const;
 
   const Handle h_;
   const bool structured_;
@@ -122,7 +126,8 @@ private:
   std::mutex mu_;
   // Guarded by mu_:
   bool leading_ = false;          // a thread is the leader
-  std::vector<Waiter *> waiting_; // followers, oldest first
+  Waiter *first_ = nullptr;       // followers, oldest first (a list through
+  Waiter *last_ = nullptr;        // the Waiters)
   bool broken_ = false;           // a deadline passed with commands in flight
   bool shut_ = false;             // the socket was shut down (broken_)
   bool stopping_ = false;         // the server answered ESHUTDOWN
