@@ -47,6 +47,7 @@ _ram_dirs=()
 _cleanup() {
   local rc=${1:-$?}
   _kill_served
+  _stop_all_bg
   cd /
   rm -rf -- "$tmp" "${_ram_dirs[@]}"
   exit "$rc"
@@ -290,7 +291,7 @@ qio_ok() {
 }
 
 # ---- Servers and lock holders in the background -----------------------------------
-# serve_bg NAME [NBDKIT-OPTIONS...] -- [PLUGIN-ARGS...]: nbdkit serving the plugin in
+# serve_named NAME [NBDKIT-OPTIONS...] -- [PLUGIN-ARGS...]: nbdkit serving the plugin in
 # the background (with the sanitizer runtime when needed) on $tmp/NAME.sock, its
 # stderr in $tmp/NAME.err; returns once it serves (nbdkit binds its socket after
 # .get_ready, where the image is opened and locked).  Fails the test if it exits
@@ -300,7 +301,7 @@ qio_ok() {
 # running when the test exits is killed.
 declare -A _bg_pid=()
 bg_uri() { echo "nbd+unix:///?socket=$tmp/$1.sock"; }
-serve_bg() {
+serve_named() {
   local name=$1 opts=() i
   shift
   while [[ $# -gt 0 && $1 != -- ]]; do opts+=("$1"); shift; done
@@ -350,7 +351,6 @@ _stop_all_bg() {
     kill -KILL "${_bg_pid[$name]}" 2>/dev/null || true
   done
 }
-trap '_bg_rc=$?; _stop_all_bg; (exit $_bg_rc); _cleanup' EXIT
 
 # locked_bytes FILE: which of QEMU's lock bytes (100-103, 200-203) some open file
 # holds on FILE, tested from a new open file description as QEMU tests them:

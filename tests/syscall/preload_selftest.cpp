@@ -119,7 +119,7 @@ int schedule_selftest(const Tools &tools, const std::string &self, const std::st
   check(read_file(counts, text), "no counts at exit in " + counts);
   const std::string got(text.begin(), text.end());
   const std::string want = "write 4 0\nfallocate 0 0\nftruncate 0 0\nsync 1 0\ndata 3 1\n"
-                           "read 3 1\n";
+                           "read 3 1\nlock 0 0\n";
   check(got == want, "the counts are\n" + got + "expected\n" + want);
   // A malformed setting stops the program rather than testing nothing.
   for (const auto &[key, value] : std::vector<std::pair<std::string, std::string>>{
