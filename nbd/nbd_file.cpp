@@ -14,42 +14,17 @@ namespace qed_nbd {
 using qed::Result;
 using qed::Status;
 
-void HandleCloser::operator()(nbd_handle *h) const { nbd_close(h); }
-
 namespace {
 
 // NBD commands carry 32-bit lengths; without a limit from the server, 32 MiB
 // is what every server accepts (the NBD protocol's advice).
 constexpr uint32_t kDefaultMaxRequest = 32u << 20;
 
-// What libnbd said about the last failure on this thread.
-std::string libnbd_error() {
-  const char *e = nbd_get_error();
-  return e && *e ? e : "unknown libnbd error";
-}
-
 // A failure without the URI in front (the caller adds it, with what was
 // being done).
 Status failed(const std::string &why) { return Status::io_error(why, EIO); }
 
-int ms_until(std::chrono::steady_clock::time_point t) {
-  const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-      t - std::chrono::steady_clock::now());
-  return int(std::clamp<int64_t>(left.count(), 0, INT32_MAX));
-}
-
 }  // namespace
-
-// One NBD command of a request, and what came back.
-struct NbdFile::Command {
-  bool read = true;  // else block status
-  void *buf = nullptr;
-  uint32_t count = 0;
-  uint64_t offset = 0;
-  int64_t cookie = 0;
-  bool done = false;
-  StatusReply *reply = nullptr;  // block status: where the extents go
-};
 
 NbdFile::~NbdFile() {
   // The connections close with the members; their places go back to the
@@ -185,13 +160,13 @@ Result<std::unique_ptr<NbdFile>> NbdFile::open(const std::string &uri,
   if (!s.is_ok())
     return f->error(s.message());
   f->backoff_ms_ = options.backoff_min_ms;
-  f->idle_.push_back(Conn{std::move(*h), true});
+  f->conns_.push_back(Slot{std::make_shared<Conn>(std::move(*h), true, options.request_timeout_ms)});
   return f;
 }
 
 unsigned NbdFile::open_connections() {
   std::lock_guard lock(mu_);
-  return unsigned(idle_.size()) + busy_;
+  return open_locked();
 }
 
 // ------------------------------------------------------------------ the pool
@@ -199,14 +174,13 @@ unsigned NbdFile::open_connections() {
 // Requires mu_ held. Whether one more connection may be opened: within the
 // places this file holds, or with one more from the chain's budget.
 bool NbdFile::may_open_locked() const {
-  const unsigned open = unsigned(idle_.size()) + busy_;
-  return open < tokens_ || (tokens_ < limit_ && (!budget_ || budget_->left() > 0));
+  return open_locked() < tokens_ || (tokens_ < limit_ && (!budget_ || budget_->left() > 0));
 }
 
 // Requires mu_ held. Takes the place for one more connection (may_open_locked
 // said so; another file may have taken the budget's last place since).
 bool NbdFile::take_place_locked() {
-  if (unsigned(idle_.size()) + busy_ < tokens_)
+  if (open_locked() < tokens_)
     return true;
   if (tokens_ >= limit_ || (budget_ && !budget_->try_take()))
     return false;
@@ -217,8 +191,7 @@ bool NbdFile::take_place_locked() {
 // Requires mu_ held. A connection closed: places beyond the one the file
 // keeps go back to the chain's budget, for other files to use.
 void NbdFile::give_back_places_locked() {
-  const unsigned open = unsigned(idle_.size()) + busy_;
-  for (; tokens_ > std::max(1u, open); tokens_--)
+  for (; tokens_ > std::max(1u, open_locked()); tokens_--)
     if (budget_)
       budget_->give_back();
 }
@@ -229,10 +202,13 @@ void NbdFile::give_back_places_locked() {
 // plain one for a read while a structured one idles would take a place from
 // the chain's budget that a file opened later needs (a chain is opened level
 // by level, each reading its header before the next opens).
-std::optional<size_t> NbdFile::pick_idle(bool status) const {
+std::optional<size_t> NbdFile::pick_idle_locked(bool status) const {
   std::optional<size_t> fallback;
-  for (size_t i = idle_.size(); i-- > 0;) {
-    if (idle_[i].structured == status || !block_status_)
+  for (size_t i = conns_.size(); i-- > 0;) {
+    const Slot &s = conns_[i];
+    if (s.users > 0 || s.retiring)
+      continue;
+    if (s.conn->structured() == status || !block_status_)
       return i;
     if (!status)
       fallback = i;
@@ -240,74 +216,117 @@ std::optional<size_t> NbdFile::pick_idle(bool status) const {
   return fallback;
 }
 
-Result<NbdFile::Conn> NbdFile::acquire(bool status, Clock::time_point deadline) {
+// Requires mu_ held. A busy connection to share when the pool may not grow:
+// the least used one that can do the request (block status needs structured
+// replies).
+std::optional<size_t> NbdFile::pick_shared_locked(bool status) const {
+  std::optional<size_t> best;
+  for (size_t i = 0; i < conns_.size(); i++) {
+    const Slot &s = conns_[i];
+    if (s.retiring || (status && block_status_ && !s.conn->structured()))
+      continue;
+    if (!best || s.users < conns_[*best].users)
+      best = i;
+  }
+  return best;
+}
+
+Result<std::shared_ptr<Conn>> NbdFile::acquire(bool status, Clock::time_point deadline) {
   std::unique_lock lock(mu_);
   for (;;) {
-    if (auto i = pick_idle(status)) {
-      Conn c = std::move(idle_[*i]);
-      idle_.erase(idle_.begin() + int64_t(*i));
-      busy_++;
-      return c;
+    auto i = pick_idle_locked(status);
+    if (!i && take_place_locked())
+      break;  // open one more
+    if (!i)
+      i = pick_shared_locked(status);
+    if (i) {
+      conns_[*i].users++;
+      return conns_[*i].conn;
     }
-    if (take_place_locked())
-      break;
-    // Block status, and the pool is full of idle plain connections: one of
-    // them makes room for a structured one (its place is taken over).
-    if (!idle_.empty()) {
-      Conn spare = std::move(idle_.back());
-      idle_.pop_back();
+    // Block status, and the pool is full of plain connections: an idle one
+    // makes room for a structured one (its place is taken over).
+    auto idle = std::find_if(conns_.begin(), conns_.end(),
+                             [](const Slot &s) { return s.users == 0; });
+    if (idle != conns_.end()) {
+      std::shared_ptr<Conn> spare = std::move(idle->conn);
+      conns_.erase(idle);
       lock.unlock();
-      spare.h.reset();
+      spare.reset();
       lock.lock();
       continue;
     }
-    if (changed_.wait_until(lock, deadline) == std::cv_status::timeout && !pick_idle(status) &&
-        !may_open_locked())
+    if (changed_.wait_until(lock, deadline) == std::cv_status::timeout &&
+        !pick_idle_locked(status) && !pick_shared_locked(status) && !may_open_locked())
       return failed("no connection became free within " +
                     std::to_string(options_.request_timeout_ms) + " ms");
   }
   if (Clock::now() < retry_at_) {
     give_back_places_locked();
+    changed_.notify_all();  // the others waiting fail at once too
     return failed("server unreachable (" + last_failure_ + "); next attempt in " +
                   std::to_string(ms_until(retry_at_)) + " ms");
   }
-  busy_++;
+  opening_++;
   lock.unlock();
-  const bool structured = status || limit_ == 1;  // a lone connection does everything
+  const bool structured = (status || limit_ == 1) && block_status_;  // a lone one does all
   const auto connect_by = std::min(
       deadline, Clock::now() + std::chrono::milliseconds(options_.connect_timeout_ms));
-  auto h = connect(structured && block_status_, connect_by);
+  auto h = connect(structured, connect_by);
   Status s = h ? check_same_export(h->get()) : h.status();
+  std::shared_ptr<Conn> c;
+  if (s.is_ok())
+    c = std::make_shared<Conn>(std::move(*h), structured, options_.request_timeout_ms);
   lock.lock();
+  opening_--;
   if (s.is_ok()) {
     backoff_ms_ = options_.backoff_min_ms;
-    return Conn{std::move(*h), structured && block_status_};
+    conns_.push_back(Slot{c, 1, false});
+    return c;
   }
-  busy_--;
   give_back_places_locked();
   last_failure_ = s.message();
   retry_at_ = Clock::now() + std::chrono::milliseconds(backoff_ms_);
   backoff_ms_ = std::min(backoff_ms_ * 2, options_.backoff_max_ms);
-  changed_.notify_one();
+  changed_.notify_all();
   return s;
 }
 
-void NbdFile::release(Conn c) {
-  std::lock_guard lock(mu_);
-  busy_--;
-  if (c.h && nbd_aio_is_ready(c.h.get()))
-    idle_.push_back(std::move(c));
-  else
-    give_back_places_locked();
-  changed_.notify_one();
+void NbdFile::release(const std::shared_ptr<Conn> &c, bool keep) {
+  std::shared_ptr<Conn> closing;
+  {
+    std::lock_guard lock(mu_);
+    auto it = std::find_if(conns_.begin(), conns_.end(),
+                           [&](const Slot &s) { return s.conn == c; });
+    if (it != conns_.end()) {  // else dropped or made room meanwhile
+      it->users--;
+      if (!keep)
+        it->retiring = true;
+      if (it->retiring && it->users == 0) {
+        closing = std::move(it->conn);
+        conns_.erase(it);
+        give_back_places_locked();
+      }
+    }
+    changed_.notify_all();
+  }
+  // Closed here, outside the lock (nbd_close may wait for the socket), when
+  // the caller's reference goes too.
 }
 
 void NbdFile::drop_idle() {
-  std::vector<Conn> dead;
+  std::vector<std::shared_ptr<Conn>> dead;
   {
     std::lock_guard lock(mu_);
-    dead.swap(idle_);
+    for (auto it = conns_.begin(); it != conns_.end();) {
+      if (it->users == 0) {
+        dead.push_back(std::move(it->conn));
+        it = conns_.erase(it);
+      } else {
+        ++it;
+      }
+    }
     give_back_places_locked();
+    changed_.notify_all();
   }
   // The server went away: the one that comes back may serve other content.
   status_.clear();
@@ -315,92 +334,6 @@ void NbdFile::drop_idle() {
 }
 
 // -------------------------------------------------------------- one request
-
-namespace {
-
-// Block status replies: the command's StatusReply is the callback's data.
-int collect_extents(void *user_data, const char *metacontext, uint64_t offset,
-                    uint32_t *entries, size_t nr_entries, int *) {
-  if (std::strcmp(metacontext, LIBNBD_CONTEXT_BASE_ALLOCATION) != 0)
-    return 0;
-  auto *reply = static_cast<StatusReply *>(user_data);
-  for (size_t i = 0; i + 1 < nr_entries; i += 2)
-    reply->add(entries[i], entries[i + 1] & LIBNBD_STATE_ZERO);
-  (void)offset;  // always the command's offset
-  return 0;
-}
-
-}  // namespace
-
-Status NbdFile::run(Handle &handle, std::vector<Command> &commands, Clock::time_point deadline,
-                    Outcome &outcome) {
-  nbd_handle *h = handle.get();
-  std::string failure;
-  int failure_errno = 0;
-  size_t issued = 0;
-  for (; issued < commands.size(); issued++) {
-    Command &c = commands[issued];
-    nbd_completion_callback no_completion{};
-    if (c.read) {
-      c.cookie = nbd_aio_pread(h, c.buf, c.count, c.offset, no_completion, 0);
-    } else {
-      nbd_extent_callback cb{};
-      cb.callback = collect_extents;
-      cb.user_data = c.reply;
-      c.cookie = nbd_aio_block_status(h, c.count, c.offset, cb, no_completion, 0);
-    }
-    if (c.cookie == -1) {
-      failure = libnbd_error();
-      break;
-    }
-  }
-  size_t pending = issued;
-  while (pending > 0) {
-    for (size_t i = 0; i < issued; i++) {
-      Command &c = commands[i];
-      if (c.done)
-        continue;
-      const int r = nbd_aio_command_completed(h, uint64_t(c.cookie));
-      if (r == 0)
-        continue;
-      c.done = true;
-      pending--;
-      if (r == -1 && failure.empty()) {
-        failure = libnbd_error();
-        failure_errno = nbd_get_errno();
-      }
-    }
-    if (pending == 0)
-      break;
-    const int left = ms_until(deadline);
-    const bool stuck = left == 0 || (nbd_poll(h, left) == -1 && !nbd_aio_is_dead(h) &&
-                                     !nbd_aio_is_closed(h));
-    if (stuck) {
-      // Timed out, or poll failed with the connection up: commands are still
-      // in flight with our buffers, so the connection goes now.
-      if (left > 0 && failure.empty())
-        failure = libnbd_error();
-      handle.reset();
-      outcome = Outcome::kBroken;
-      return Status::io_error(failure.empty() ? "no reply within " +
-                                                    std::to_string(options_.request_timeout_ms) +
-                                                    " ms"
-                                              : failure,
-                              EIO);
-    }
-  }
-  // A server shutting down answers ESHUTDOWN and waits for us to go: that
-  // connection is as good as lost.
-  if (!nbd_aio_is_ready(h) || failure_errno == ESHUTDOWN) {
-    handle.reset();
-    outcome = Outcome::kLost;
-    return Status::io_error(failure.empty() ? "connection lost" : failure, EIO);
-  }
-  outcome = Outcome::kKeep;
-  if (!failure.empty())
-    return Status::io_error(failure, EIO);
-  return Status::ok();
-}
 
 Status NbdFile::request(const char *what, uint64_t offset, std::vector<Command> &commands) {
   const auto deadline = Clock::now() + std::chrono::milliseconds(options_.request_timeout_ms);
@@ -411,15 +344,12 @@ Status NbdFile::request(const char *what, uint64_t offset, std::vector<Command> 
     if (!conn)
       return error(std::string(what) + " at offset " + std::to_string(offset) + ": " +
                    conn.status().message());
-    for (Command &c : commands) {
-      c.cookie = 0;
-      c.done = false;
+    for (Command &c : commands)
       if (c.reply)
         c.reply->reset();
-    }
     Outcome outcome;
-    Status s = run(conn->h, commands, deadline, outcome);
-    release(std::move(*conn));
+    Status s = (*conn)->run(commands, deadline, outcome);
+    release(*conn, outcome == Outcome::kKeep && (*conn)->usable());
     if (s.is_ok())
       return s;
     last = error(std::string(what) + " at offset " + std::to_string(offset) + ": " + s.message());

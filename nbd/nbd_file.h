@@ -2,17 +2,20 @@
 // read-only. The engine reads through it as through a local file; the
 // backing format (raw, or a QED image served raw) applies on top.
 //
-// Parallel: requests are spread over a small pool of connections, one
-// request per connection at a time. Reads go over connections without
-// structured replies (fewer system calls per reply) when one is idle;
-// block status, which needs them, over connections with them (a lone
-// connection does both). The pool grows when every connection is busy, up
-// to NbdOptions::connections when the server advertises multi-conn (every
-// connection then sees the same data), else it is one connection; with a
-// ConnectionBudget (one per chain), only while the budget has places left,
-// and places go back when connections close. A request longer than the
-// server's maximum block size goes out as several commands, all in flight
-// at once on its connection.
+// Parallel: requests are spread over a small pool of connections. A request
+// takes an idle connection if there is one, else opens one more while the
+// pool may grow, else puts its commands in flight on the least used
+// connection beside those of other requests (nbd_conn.h: the thread of one
+// waiting request reads the replies for all of them; nobody waits for a free
+// connection, and no thread is woken only to hand a reply on). Reads prefer
+// connections without structured replies (fewer system calls per reply);
+// block status, which needs them, goes over connections with them (a lone
+// connection does both). The pool grows up to NbdOptions::connections when
+// the server advertises multi-conn (every connection then sees the same
+// data), else it is one connection; with a ConnectionBudget (one per
+// chain), only while the budget has places left, and places go back when
+// connections close. A request longer than the server's maximum block size
+// goes out as several commands, all in flight at once on its connection.
 //
 // Trust: with refuse_this_host (a backing file named by a remote image),
 // libnbd may use TCP only, and every connection is refused once connected
@@ -21,25 +24,29 @@
 // Faults: a request that finds its connection dead (the server went away, or
 // answers ESHUTDOWN because it is stopping and waits for its clients to
 // leave) drops every idle connection (they lead to the same server) and
-// tries once more on a fresh one. A server that is stopping while nothing is
-// read keeps waiting for our idle connections until the next request. When connecting fails, requests fail at once with EIO
-// until the back-off delay has passed; the delay doubles after each failed
-// attempt (from backoff_min_ms to backoff_max_ms) and is reset by a success,
-// so a restarted server is picked up by the first request after the delay.
+// tries once more on a fresh one; the dead connection closes when the last
+// request using it is done. A server that is stopping while nothing is
+// read keeps waiting for our idle connections until the next request. When
+// connecting fails, requests fail at once with EIO until the back-off delay
+// has passed; the delay doubles after each failed attempt (from
+// backoff_min_ms to backoff_max_ms) and is reset by a success, so a
+// restarted server is picked up by the first request after the delay.
 // Nothing blocks for ever: a connection attempt gives up after
-// connect_timeout_ms, a request (including its wait for a free connection)
-// after request_timeout_ms. Every failure is EIO with a message that starts
-// with the URI. A reconnection that finds an export of another size is
-// refused (the image was opened over the old one).
+// connect_timeout_ms, a request (including its wait for a connection) after
+// request_timeout_ms; a request whose time is up with commands in flight
+// shuts its connection down, which fails the other requests' commands on it
+// too (they try once more on a fresh connection). Every failure is EIO with
+// a message that starts with the URI. A reconnection that finds an export
+// of another size is refused (the image was opened over the old one).
 //
 // Thread safety: every method may be called from many threads at once. mu_
 // guards the pool, the places taken from the budget and the back-off state
-// (the members under it below); the status cache and the budget are
+// (the members under it below); each connection guards its own state
+// (nbd_conn.h; lock order: mu_ first); the status cache and the budget are
 // thread-safe by themselves; no lock of ours is held while connecting or
-// during I/O. A connection taken
-// from the pool belongs to one request until it is given back, so nothing
-// else touches that handle meanwhile (libnbd also locks each handle). What
-// open() learnt (size, limits, flags) is constant afterwards.
+// while waiting for the server. A request's buffers are written only until
+// its Conn::run returns, whatever happened to the connection. What open()
+// learnt (size, limits, flags) is constant afterwards.
 //
 // No nbdkit include: the plugin and the QED filter both link this.
 #pragma once
@@ -55,10 +62,9 @@
 
 #include "connection_budget.h"
 #include "file.h"
+#include "nbd_conn.h"
 #include "status.h"
 #include "status_cache.h"
-
-struct nbd_handle;
 
 namespace qed_nbd {
 
@@ -77,13 +83,6 @@ struct NbdOptions {
   std::string allow_this_host_hint;
   std::string connections_hint;
 };
-
-// Closes a libnbd handle (the connection, and any command still in flight)
-// on destruction.
-struct HandleCloser {
-  void operator()(nbd_handle *h) const;
-};
-using Handle = std::unique_ptr<nbd_handle, HandleCloser>;
 
 class NbdFile final : public qed::File {
 public:
@@ -124,16 +123,13 @@ public:
   unsigned open_connections();
 
 private:
-  using Clock = std::chrono::steady_clock;
-  struct Lease;
-  struct Command;
-
   NbdFile(std::string uri, const NbdOptions &options) : uri_(std::move(uri)), options_(options) {}
 
-  // A connection, with structured replies (and base:allocation) or without.
-  struct Conn {
-    Handle h;
-    bool structured = false;
+  // A connection of the pool and the requests using it.
+  struct Slot {
+    std::shared_ptr<Conn> conn;
+    unsigned users = 0;     // requests with commands on it, or about to
+    bool retiring = false;  // dead or stopping: closes when its last user is done
   };
 
   qed::Result<Handle> connect(bool structured, Clock::time_point deadline);
@@ -143,29 +139,20 @@ private:
   qed::Status learn(nbd_handle *h);
   qed::Status check_same_export(nbd_handle *h);
   // A connection for one request (block status if `status`, else reads): an
-  // idle one, or a new one when the pool may grow. Fails at once inside the
-  // back-off delay.
-  qed::Result<Conn> acquire(bool status, Clock::time_point deadline);
-  std::optional<size_t> pick_idle(bool status) const;
+  // idle one, a new one when the pool may grow, else a busy one to share.
+  // Fails at once inside the back-off delay.
+  qed::Result<std::shared_ptr<Conn>> acquire(bool status, Clock::time_point deadline);
+  std::optional<size_t> pick_idle_locked(bool status) const;
+  std::optional<size_t> pick_shared_locked(bool status) const;
+  unsigned open_locked() const { return unsigned(conns_.size()) + opening_; }
   bool may_open_locked() const;
   bool take_place_locked();
   void give_back_places_locked();
-  // Gives a connection back; a closed or dead one frees its place.
-  void release(Conn c);
+  // A request is done with `c`; unless `keep`, the connection retires.
+  void release(const std::shared_ptr<Conn> &c, bool keep);
   // The connection died: close the idle ones too (same server).
   void drop_idle();
 
-  // What a run left of its connection.
-  enum class Outcome {
-    kKeep,    // still connected, nothing in flight (the server may have said no)
-    kLost,    // the connection died: worth one more try on a fresh one
-    kBroken,  // timed out with commands in flight: close it, do not retry
-  };
-  // Issues `commands` on `h` and waits for all of them, until `deadline`.
-  // Closes (resets) `h` unless the outcome is kKeep, so that nothing in
-  // flight outlives the call: the buffers are the caller's.
-  qed::Status run(Handle &h, std::vector<Command> &commands, Clock::time_point deadline,
-                  Outcome &outcome);
   // Runs the commands of one request, again on a fresh connection if the
   // connection was lost; on success every command is done.
   qed::Status request(const char *what, uint64_t offset, std::vector<Command> &commands);
@@ -186,11 +173,13 @@ private:
   StatusCache status_;  // thread-safe by itself
 
   std::mutex mu_;
-  std::condition_variable changed_;  // a connection came back or a place freed up
+  // A connection came back, a place freed up, or connecting failed: every
+  // waiter looks again (several may go on at once, or all fail at once).
+  std::condition_variable changed_;
   // Guarded by mu_:
-  std::vector<Conn> idle_;           // connected, not in use
-  unsigned busy_ = 0;                // connections in use, or being made
-  unsigned tokens_ = 0;              // places held: max(1, idle + busy) (open: 1)
+  std::vector<Slot> conns_;          // open connections, idle or in use
+  unsigned opening_ = 0;             // connections being made
+  unsigned tokens_ = 0;              // places held: max(1, open) (open(): 1)
   Clock::time_point retry_at_{};     // no connection attempt before this
   int backoff_ms_ = 0;               // delay after the next failed attempt
   std::string last_failure_;         // why the last attempt failed
