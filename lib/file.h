@@ -32,6 +32,14 @@ public:
   virtual Status pwrite(const void *buf, size_t count, uint64_t offset) = 0;
   // Makes every completed write durable (fdatasync).
   virtual Status sync() = 0;
+  // A hint, never a promise: begins writing to storage what was written to
+  // [offset, offset+count) (count 0: to the end of the file) without waiting,
+  // so that a bulk copy's disk writes overlap its reads and its final sync()
+  // has little left to do. Errors show up in the next sync(). Default: none.
+  virtual void start_writeback(uint64_t offset, uint64_t count) {
+    (void)offset;
+    (void)count;
+  }
   // Current size in bytes.
   virtual Result<uint64_t> size() = 0;
   // Sets the size, discarding or zero-extending the tail.

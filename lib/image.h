@@ -30,6 +30,8 @@
 
 namespace qed {
 
+class PageBuffer;
+
 // When to run the consistency check at open.
 enum class CheckPolicy {
   kAuto,    // repair a dirty image opened read-write; otherwise no check
@@ -113,8 +115,16 @@ public:
   // not null, holds what the backing file shows at [pos, pos+count), so those
   // bytes are not read again. Clusters that a write allocated or zeroed, or
   // has in flight, keep what the write put there. When reading the backing
-  // file failed, *base_failed (if given) is set.
-  Status copy_up(uint64_t pos, uint64_t count, const uint8_t *known, bool *base_failed);
+  // file failed, *base_failed (if given) is set. `scratch`, when not null, is
+  // the buffer the copy goes through (pieces of its size) instead of one
+  // mapped for this call: the stream's workers keep one each, as mapping and
+  // faulting in a fresh one per step costs more than the copy's checks.
+  Status copy_up(uint64_t pos, uint64_t count, const uint8_t *known, bool *base_failed,
+                 PageBuffer *scratch = nullptr);
+  // Starts writing to storage what is written so far, without waiting (a
+  // hint: File::start_writeback). The stream calls it after each step, so
+  // that its disk writes overlap its copying, as a copy tool's do.
+  void start_writeback();
   // What the image itself maps at `pos` (not what lies below).
   Result<Run> lookup(uint64_t pos, uint64_t len) { return meta_->lookup(pos, len); }
   // The backing file while the image uses one; null once detached.

@@ -15,6 +15,7 @@
 // still unallocated is that cluster's content, whenever it was read.
 #include <algorithm>
 #include <cstring>
+#include <optional>
 
 #include "image.h"
 #include "page_buffer.h"
@@ -47,8 +48,10 @@ Status Image::fill_from_below(uint8_t *out, uint64_t vpos, uint64_t count, const
   auto read = [&](uint64_t from, uint64_t to) -> Status {
     if (from >= to)
       return Status::ok();
-    if (!b)  // detached: every cluster left to copy reads as zeroes
+    if (!b) {  // detached: every cluster left to copy reads as zeroes
+      std::memset(out + (from - vpos), 0, size_t(to - from));
       return Status::ok();
+    }
     Status s = read_clipped(*b, out + (from - vpos), size_t(to - from), from);
     if (!s.is_ok() && base_failed)
       *base_failed = true;
@@ -58,7 +61,8 @@ Status Image::fill_from_below(uint8_t *out, uint64_t vpos, uint64_t count, const
   return read(ke, end);
 }
 
-Status Image::copy_up(uint64_t pos, uint64_t count, const uint8_t *known, bool *base_failed) {
+Status Image::copy_up(uint64_t pos, uint64_t count, const uint8_t *known, bool *base_failed,
+                      PageBuffer *scratch) {
   if (read_only_)
     return Status::read_only(path_ + ": image is open read-only");
   QED_RETURN_IF_ERROR(refuse_if_failed());
@@ -83,10 +87,14 @@ Status Image::copy_up(uint64_t pos, uint64_t count, const uint8_t *known, bool *
     // clusters back.
     Allocation &a = plan->allocation;
     const uint64_t a_end = a.virtual_offset + a.clusters * cs;
-    PageBuffer buf(size_t(std::min(a_end - a.virtual_offset, kCopyChunk)));
+    std::optional<PageBuffer> own;
+    if (!scratch)
+      own.emplace(size_t(std::min(a_end - a.virtual_offset, kCopyChunk)));
+    PageBuffer &buf = scratch ? *scratch : *own;
     for (uint64_t v = a.virtual_offset; v < a_end;) {
       const uint64_t n = std::min<uint64_t>(a_end - v, buf.size());
-      std::memset(buf.data(), 0, size_t(n));
+      // Every byte of the piece is filled: from `known`, the backing file
+      // (zeroes past its end) or, detached, zeroes.
       QED_RETURN_IF_ERROR(fill_from_below(buf.data(), v, n, known, pos, count, base_failed));
       // Fresh clusters read as zeroes (image_write.cpp): zeroes need no write.
       if (!all_zero(buf.data(), size_t(n)))

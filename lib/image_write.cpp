@@ -431,6 +431,11 @@ Status Image::flush() {
   return flush_locked();
 }
 
+void Image::start_writeback() {
+  if (!read_only_)
+    file_->start_writeback(0, 0);
+}
+
 Status Image::write_back_for_room() {
   if (read_only_)
     return Status::ok();

@@ -94,6 +94,12 @@ Status PosixFile::sync() {
   return Status::ok();
 }
 
+void PosixFile::start_writeback(uint64_t offset, uint64_t count) {
+  // Only starts the writeback of dirty pages (no wait, no metadata): what
+  // fails is reported to the fdatasync() of the next sync().
+  (void)::sync_file_range(fd_.get(), off_t(offset), off_t(count), SYNC_FILE_RANGE_WRITE);
+}
+
 Result<uint64_t> PosixFile::size() { return size_of(path_, fd_.get()); }
 
 Status PosixFile::truncate(uint64_t size) {

@@ -67,6 +67,7 @@ public:
   Status pread(void *buf, size_t count, uint64_t offset) override;
   Status pwrite(const void *buf, size_t count, uint64_t offset) override;
   Status sync() override;
+  void start_writeback(uint64_t offset, uint64_t count) override;
   Result<uint64_t> size() override;
   Status truncate(uint64_t size) override;
   Status extend_to(uint64_t size, uint64_t preferred = 0) override;

@@ -12,6 +12,8 @@
 #include <iterator>
 #include <vector>
 
+#include "page_buffer.h"
+
 namespace qed {
 
 namespace {
@@ -26,8 +28,14 @@ constexpr uint64_t kStepBytes = 8 << 20;
 constexpr size_t kStepExtents = 256;
 // The longest pause after one step while clients are busy.
 constexpr auto kMaxYield = std::chrono::milliseconds(50);
-// Workers copying at once (without a rate).
-constexpr unsigned kWorkers = 8;
+// Workers copying at once (without a rate). Measured on 2 CPUs streaming
+// 1 GiB from a local NBD server: 4 beat 2 and 8 (eight writers queue on the
+// file's inode lock), and the writeback started after each step keeps the
+// final sync short.
+constexpr unsigned kWorkers = 4;
+// Each worker's copy buffer: pieces of this size are read from the backing
+// file and written to the image.
+constexpr uint64_t kCopyBuffer = 2 << 20;
 
 }  // namespace
 
@@ -97,7 +105,7 @@ Status Stream::flush_if_due(bool now) {
   return image_.flush();
 }
 
-Result<uint64_t> Stream::step(uint64_t pos, uint64_t len, bool &base_failed) {
+Result<uint64_t> Stream::step(uint64_t pos, uint64_t len, bool &base_failed, PageBuffer &scratch) {
   BlockSource *below = image_.backing();
   if (!below)
     return len;
@@ -120,7 +128,7 @@ Result<uint64_t> Stream::step(uint64_t pos, uint64_t len, bool &base_failed) {
         std::min(pos + len, image_.geometry().cluster_start(e.offset + e.length + cs - 1));
     if (from >= to)
       continue;
-    QED_RETURN_IF_ERROR(image_.copy_up(from, to - from, nullptr, &base_failed));
+    QED_RETURN_IF_ERROR(image_.copy_up(from, to - from, nullptr, &base_failed, &scratch));
     copied_ += to - from;
     copied_to = to;
   }
@@ -135,12 +143,12 @@ Result<uint64_t> Stream::step(uint64_t pos, uint64_t len, bool &base_failed) {
   if (next > pos)
     return next - pos;
   const uint64_t one = std::min(cs, len);
-  QED_RETURN_IF_ERROR(image_.copy_up(pos, one, nullptr, &base_failed));
+  QED_RETURN_IF_ERROR(image_.copy_up(pos, one, nullptr, &base_failed, &scratch));
   copied_ += one;
   return one;
 }
 
-bool Stream::walk(uint64_t pos, uint64_t end) {
+bool Stream::walk(uint64_t pos, uint64_t end, PageBuffer &scratch) {
   Clock::duration last_step{};
   auto retry_wait = std::chrono::milliseconds(100);
   bool failing = false;  // this worker's last try failed on the backing file
@@ -169,7 +177,7 @@ bool Stream::walk(uint64_t pos, uint64_t end) {
       return false;
     const auto t0 = Clock::now();
     bool base_failed = false;
-    auto walked = step(pos, std::min(run->length, step_bytes_), base_failed);
+    auto walked = step(pos, std::min(run->length, step_bytes_), base_failed, scratch);
     last_step = Clock::now() - t0;
     if (!walked) {
       if (!base_failed) {
@@ -199,6 +207,7 @@ bool Stream::walk(uint64_t pos, uint64_t end) {
     failing = false;
     retry_wait = std::chrono::milliseconds(100);
     pos += *walked;
+    image_.start_writeback();
     if (options_.rate) {
       // No more than `rate` bytes per second since the start, on average.
       const auto due = started_ + std::chrono::duration_cast<Clock::duration>(
@@ -223,6 +232,8 @@ bool Stream::walk(uint64_t pos, uint64_t end) {
 
 void Stream::work() {
   try {
+    // The buffer this worker's copies go through, kept for all its steps.
+    PageBuffer scratch(size_t(std::min<uint64_t>(step_bytes_, kCopyBuffer)));
     for (;;) {
       uint64_t pos;
       {
@@ -232,7 +243,7 @@ void Stream::work() {
         pos = next_;
         next_ += step_bytes_;
       }
-      if (!walk(pos, std::min(pos + step_bytes_, total_)))
+      if (!walk(pos, std::min(pos + step_bytes_, total_), scratch))
         return;
     }
   } catch (const std::bad_alloc &) {

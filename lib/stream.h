@@ -87,10 +87,10 @@ private:
   void work();
   // Walks one window [pos, end): copies what is unallocated and has data
   // below. False when the worker must end (stop, or a failure recorded).
-  bool walk(uint64_t pos, uint64_t end);
+  bool walk(uint64_t pos, uint64_t end, PageBuffer &scratch);
   // Copies the clusters of [pos, pos+len) that have data below (all of it
   // unallocated in the image when looked at); returns the bytes walked.
-  Result<uint64_t> step(uint64_t pos, uint64_t len, bool &base_failed);
+  Result<uint64_t> step(uint64_t pos, uint64_t len, bool &base_failed, PageBuffer &scratch);
   // Waits until `until` or stop(); false when stopped.
   bool wait_until(std::chrono::steady_clock::time_point until);
   bool stopping();
