@@ -2,7 +2,7 @@
 // commands in flight on it: several requests' commands are in flight on one
 // connection at once, and no thread exists for the connection.
 //
-// Why (bench/bench.sh row 8b, perf stat -e context-switches on the overlay;
+// Why (bench/bench.sh workload nbd-rand-read, perf stat -e context-switches on the overlay;
 // see the README's Performance section): nbdkit runs each request on its own
 // thread, and on a 2-CPU machine the sleeps and wake-ups of those threads
 // are most of the server's CPU per read. A request that found every
