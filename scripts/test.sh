@@ -5,7 +5,8 @@
 #   build-tsan/      unit and crash-state tests under ThreadSanitizer
 #   build-fuzz/      libFuzzer targets (clang), each of the four run for
 #                    QED_FUZZ_SECONDS (60)
-#   bench/bench.sh --quick, a smoke run of the benchmark (it does not gate on ratios)
+#   bench/bench.sh --quick, a smoke run of the benchmark (it does not gate on ratios),
+#                    after bench/test_report.py (the report program's unit tests)
 #   debian13-build: in a fresh minimal Debian 13 chroot (scripts/debian-chroot.sh
 #                    trixie serve build), the README's first command and the build
 #                    of every tree above, so that a package name, an include or a
@@ -157,6 +158,12 @@ else
 fi
 
 bench_smoke() {
+  echo "=== benchmark report tests (bench/test_report.py)"
+  if /usr/bin/python3 bench/test_report.py; then
+    echo "bench-report OK" >>"$extra"
+  else
+    echo "bench-report FAIL" >>"$extra"
+  fi
   echo "=== benchmark smoke run (bench/bench.sh --quick)"
   if [[ -x build/plugin/nbdkit-qed-plugin.so || -f build/plugin/nbdkit-qed-plugin.so ]] &&
       bash bench/bench.sh --quick --no-sync --plugin build/plugin/nbdkit-qed-plugin.so; then
