@@ -160,6 +160,7 @@ fi
 PLUGIN=$(cd "$(dirname "$PLUGIN")" && pwd)/$(basename "$PLUGIN")
 
 # ------------------------------------------------------- work directories
+# shellcheck source=bench/lib.sh
 source "$here/lib.sh"
 trap cleanup EXIT
 trap 'exit 130' INT
@@ -401,6 +402,7 @@ run_scale() {
 }
 
 # Section golden, copy-on-read and stream (issue 20): run_golden.
+# shellcheck source=bench/golden.sh
 source "$here/golden.sh"
 
 # ------------------------------------------------------------------ run

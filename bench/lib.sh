@@ -84,7 +84,8 @@ start_server() {
     raw)  cmd=(nbdkit -f --exit-with-parent -U "$sock" file file="$img") ;;
     base) cmd=(nbdkit -f --exit-with-parent -r -U "$sock" file file="$img") ;;
     # golden.sh: QEMU's copy-on-read driver over the QED overlay; a base that logs its requests.
-    qemu-cor) cmd=(qemu-nbd -t -k "$sock" $QEMU_OPTS --image-opts
+    qemu-cor) # shellcheck disable=SC2206
+              cmd=(qemu-nbd -t -k "$sock" $QEMU_OPTS --image-opts
                    "driver=copy-on-read,file.driver=qed,file.file.driver=file,file.file.filename=$img") ;;
     base-log) cmd=(nbdkit -f --exit-with-parent -r -U "$sock" --filter=log file file="$img"
                    logfile="$GOLDEN_BASE_LOG") ;;
