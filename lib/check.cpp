@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "align.h"
 #include "byte_order.h"
 #include "geometry.h"
 #include "table.h"
@@ -56,7 +57,9 @@ private:
   void find_leaks();
   Status repair();
   Status reclaim_leaks();
-  bool invalid_offset(uint64_t e) const;
+  template <typename Where>
+  bool clear_if_outside(uint64_t entry_offset, uint64_t e, uint64_t bytes, const char *what,
+                        Where &&where);
 
   File &file_;
   const Header h_;
@@ -74,10 +77,6 @@ private:
   uint64_t unlisted_ = 0;  // problems past kMaxProblemLines
 };
 
-bool Checker::invalid_offset(uint64_t e) const {
-  return !geo_.is_cluster_aligned(e) || e < geo_.header_bytes();
-}
-
 template <typename Describe>
 void Checker::problem(Describe &&describe) {
   if (mode_ == CheckMode::kRepair)
@@ -86,6 +85,30 @@ void Checker::problem(Describe &&describe) {
     report_.problems.push_back(describe());
   else
     unlisted_++;
+}
+
+// The classification both levels share: an entry that is no valid offset
+// (misaligned, or inside the header), or whose `bytes` (a table, a cluster)
+// run past the end of the file (an interrupted write), is a problem, and is
+// queued to be cleared: then true. `what` names what lies past the end in the
+// problem's line ("table " or ""); `where()` names the entry.
+template <typename Where>
+bool Checker::clear_if_outside(uint64_t at, uint64_t e, uint64_t bytes, const char *what,
+                               Where &&where) {
+  if (!geo_.is_cluster_aligned(e) || e < geo_.header_bytes()) {
+    report_.invalid_entries++;
+    problem([&] { return where() + ": misaligned or inside the header; entry cleared"; });
+  } else if (e > file_size_ || bytes > file_size_ - e) {
+    report_.interrupted_entries++;
+    problem([&] {
+      return where() + ": " + what +
+             "past the end of the file (an interrupted write); entry cleared";
+    });
+  } else {
+    return false;
+  }
+  updates_.push_back({at, 0});
+  return true;
 }
 
 void Checker::count_unlisted() {
@@ -132,17 +155,9 @@ Status Checker::walk_l1() {
           .append(std::to_string(e))
           .append(")");
     };
-    if (invalid_offset(e)) {
-      report_.invalid_entries++;
-      problem([&] { return where() + ": misaligned or inside the header; entry cleared"; });
-      updates_.push_back({at, 0});
-    } else if (e > file_size_ || tb > file_size_ - e) {
-      report_.interrupted_entries++;
-      problem([&] {
-        return where() + ": table past the end of the file (an interrupted write); entry cleared";
-      });
-      updates_.push_back({at, 0});
-    } else if (any_used(e / cs_, geo_.table_size_clusters())) {
+    if (clear_if_outside(at, e, tb, "table ", where))
+      return;
+    if (any_used(e / cs_, geo_.table_size_clusters())) {
       report_.duplicate_refs++;
       problem([&] { return where() + ": table overlaps clusters already in use; entry cleared"; });
       updates_.push_back({at, 0});
@@ -165,17 +180,9 @@ void Checker::check_l2_entry(uint64_t at, uint64_t e, uint64_t vpos) {
         .append(std::to_string(e))
         .append(")");
   };
-  if (invalid_offset(e)) {
-    report_.invalid_entries++;
-    problem([&] { return where() + ": misaligned or inside the header; entry cleared"; });
-    updates_.push_back({at, 0});
-  } else if (e > file_size_ || cs_ > file_size_ - e) {
-    report_.interrupted_entries++;
-    problem([&] {
-      return where() + ": past the end of the file (an interrupted write); entry cleared";
-    });
-    updates_.push_back({at, 0});
-  } else if (!used_[e / cs_]) {
+  if (clear_if_outside(at, e, cs_, "", where))
+    return;
+  if (!used_[e / cs_]) {
     report_.data_clusters++;
     mark(e / cs_, 1, false);
   } else if (metadata_[e / cs_]) {
@@ -243,7 +250,7 @@ Status Checker::reclaim_leaks() {
 
 Status Checker::repair() {
   // 1. Private copies for shared clusters, appended past everything else.
-  uint64_t next = (file_size_ + cs_ - 1) / cs_ * cs_;
+  uint64_t next = round_up(file_size_, cs_);
   std::vector<uint8_t> buf(copies_.empty() ? 0 : cs_);
   for (const Copy &c : copies_) {
     QED_RETURN_IF_ERROR(file_.pread(buf.data(), cs_, c.from));
@@ -277,7 +284,7 @@ Result<CheckReport> Checker::run() {
   if (!size)
     return size.status();
   file_size_ = *size;
-  const uint64_t clusters = (file_size_ + cs_ - 1) / cs_;
+  const uint64_t clusters = div_round_up(file_size_, cs_);
   report_.file_clusters = clusters;
   used_.assign(clusters, false);
   metadata_.assign(clusters, false);
