@@ -1,7 +1,8 @@
 #include <nbdkit-filter.h>
 
 #include "config.h"
-#include "key_help.h"
+#include "key_table.h"
+#include "key_values.h"
 #include "nbdkit_errors.h"
 
 #include "backing_store.h"
@@ -26,18 +27,6 @@ namespace {
 // every key is in.
 bool format_given = false;
 qed::BackingOverride::Format format_as_given = qed::BackingOverride::Format::kAsImageSays;
-
-int parse_cache_size(Config &c, const char *key, const char *value) {
-  const int64_t r = nbdkit_parse_size(value);
-  if (r == -1)
-    return -1;  // nbdkit_parse_size reported the error
-  if (r < 0) {
-    nbdkit_error("%s: size must not be negative", key);
-    return -1;
-  }
-  c.cache_bytes = uint64_t(r);
-  return 0;
-}
 
 int parse_check(Config &c, const char *key, const char *value) {
   if (std::strcmp(value, "off") == 0)
@@ -82,12 +71,7 @@ int parse_backing_format(Config &, const char *key, const char *value) {
   return 0;
 }
 
-struct Key {
-  const char *name;
-  const char *value;  // how --help shows the value
-  const char *help;
-  int (*parse)(Config &c, const char *key, const char *value);
-};
+using Key = qed_nbdkit::Key<Config>;
 
 const Key kKeys[] = {
     {"qed-backing", "<FILENAME|URI>",
@@ -95,17 +79,15 @@ const Key kKeys[] = {
     {"qed-backing-format", "raw|qed",
      "Format of qed-backing= (default: as the image says).", parse_backing_format},
     {"qed-cache-size", "<SIZE>", "L2 table cache for the whole backing chain (default 64M).",
-     parse_cache_size},
+     [](Config &c, const char *k, const char *v) {
+       return qed_nbdkit::parse_size(k, v, c.cache_bytes);
+     }},
     {"qed-check", "off|report", "Consistency check when the image is opened (default off).",
      parse_check},
     {"qed-allow-local-exports", "true",
      "Below an image on an NBD server, allow NBD backing files on this host.",
      [](Config &c, const char *, const char *v) {
-       const int r = nbdkit_parse_bool(v);
-       if (r == -1)
-         return -1;  // nbdkit_parse_bool reported the error
-       c.allow_local_exports = r;
-       return 0;
+       return qed_nbdkit::parse_bool(v, c.allow_local_exports);
      }},
 };
 
@@ -115,9 +97,8 @@ int config_key(const char *key, const char *value, bool *ours) {
   *ours = std::strncmp(key, "qed-", 4) == 0;
   if (!*ours)
     return 0;
-  for (const Key &k : kKeys)
-    if (std::strcmp(key, k.name) == 0)
-      return k.parse(config(), key, value);
+  if (const Key *k = qed_nbdkit::find_key(kKeys, key))
+    return k->parse(config(), key, value);
   // The plugin's keys that write into the image: say why, not just "unknown".
   for (const char *writes : {"qed-copy-on-read", "qed-stream", "qed-stream-rate"}) {
     if (std::strcmp(key, writes) == 0) {

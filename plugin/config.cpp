@@ -4,7 +4,8 @@
 
 #include "config.h"
 #include "check_log.h"
-#include "key_help.h"
+#include "key_table.h"
+#include "key_values.h"
 #include "format.h"
 #include "nbdkit_args.h"
 
@@ -29,25 +30,8 @@ namespace {
 // whether it must already exist (it need not with create=true).
 std::string file_as_given;
 
-int parse_bool(const char *value, bool &out) {
-  int r = nbdkit_parse_bool(value);
-  if (r == -1)
-    return -1;  // nbdkit_parse_bool reported the error
-  out = r;
-  return 0;
-}
-
-int parse_size(const char *key, const char *value, uint64_t &out) {
-  int64_t r = nbdkit_parse_size(value);
-  if (r == -1)
-    return -1;
-  if (r < 0) {
-    nbdkit_error("%s: size must not be negative", key);
-    return -1;
-  }
-  out = uint64_t(r);
-  return 0;
-}
+using qed_nbdkit::parse_bool;
+using qed_nbdkit::parse_size;
 
 int parse_u32_size(const char *key, const char *value, uint32_t &out) {
   uint64_t v;
@@ -118,12 +102,7 @@ int parse_connections(const char *key, const char *value, unsigned &out) {
   return 0;
 }
 
-struct Key {
-  const char *name;
-  const char *value;  // how --help shows the value
-  const char *help;
-  int (*parse)(Config &c, const char *key, const char *value);
-};
+using Key = qed_nbdkit::Key<Config>;
 
 const Key kKeys[] = {
     {"file", "<FILENAME>", "(required) The QED image to serve.",
@@ -197,9 +176,8 @@ std::string absolute_image_path(const std::string &given, bool may_be_missing) {
 }  // namespace
 
 int config_key(const char *key, const char *value) {
-  for (const Key &k : kKeys)
-    if (std::strcmp(key, k.name) == 0)
-      return k.parse(config(), key, value);
+  if (const Key *k = qed_nbdkit::find_key(kKeys, key))
+    return k->parse(config(), key, value);
   nbdkit_error("unknown parameter '%s' (nbdkit qed --help lists the keys)", key);
   return -1;
 }
@@ -273,14 +251,6 @@ const char *config_help() {
   return help.c_str();
 }
 
-std::string config_key_list() {
-  std::string out;
-  for (const Key &k : kKeys) {
-    if (!out.empty())
-      out += ',';
-    out += k.name;
-  }
-  return out;
-}
+std::string config_key_list() { return qed_nbdkit::key_list(kKeys); }
 
 }  // namespace qed_plugin
