@@ -3,14 +3,12 @@
 # (SIGTERM), mid-run, and restarted each time: reads that need it fail with EIO and
 # a message naming the URI, everything else keeps working, and the plugin (never
 # restarted) reads from the new server within seconds.  See nbd_reconnect.py.
-here=$(cd "$(dirname "$0")" && pwd)
-source "$here/functions.sh" "$@"
-source "$here/nbd-functions.sh"
+source "$(dirname "$0")/nbd-functions.sh" "$@"
 requires /usr/bin/python3 -c 'import nbd'
 
 head -c $((8 * 1024 * 1024)) /dev/urandom >base.raw
 start_base base -r file base.raw
-uri=$(base_uri base)
+uri=$(bg_uri base)
 qemu-img create -q -f qed -b "$uri" -F raw top.qed 8M
 # Under the sanitizer nbdkit can hang at exit once libnbd has printed errors (the
 # ASan preload issue described in functions.sh): there, a time-out after the
@@ -36,8 +34,8 @@ head -5 down-errors.out
 # The two partial writes that failed for want of the base leaked the clusters they
 # had reserved (the engine never reuses a reservation): leaks, nothing else.
 start_base again -r file base.raw
-qemu-img rebase -q -u -f qed -b "$(base_uri again)" -F raw top.qed
+qemu-img rebase -q -u -f qed -b "$(bg_uri again)" -F raw top.qed
 /usr/bin/python3 "$here/write_qemu_check.py" top.qed --allow-leaks || fail "qemu-img check after the run"
 check_same_as_qemu top.qed allow-backing=network
-stop_base again
+stop_bg again
 echo "PASS"
