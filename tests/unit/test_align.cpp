@@ -1,5 +1,6 @@
-// lib/align.h: rounding to multiples, against plain arithmetic, at the edges
-// of the 64-bit range (where "(v + a - 1) / a * a" would wrap).
+// lib/align.h: rounding to multiples, against plain arithmetic, and at the
+// edges of the 64-bit range, where "(v + a - 1) / a * a" wraps although the
+// result fits (divisors that are not powers of two).
 #include <doctest/doctest.h>
 
 #include <cstdint>
@@ -9,7 +10,8 @@
 TEST_SUITE_BEGIN("align");
 
 TEST_CASE("round_down, round_up and div_round_up on small values") {
-  for (uint64_t to : {1ull, 3ull, 512ull, 4096ull, 65536ull, 100000ull}) {
+  const uint64_t divisors[] = {1, 3, 512, 4096, 65536, 100000};
+  for (uint64_t to : divisors) {
     for (uint64_t v = 0; v < 3 * to + 2 && v < 300000; v += (to < 10 ? 1 : to / 7 + 1)) {
       const uint64_t down = qed::round_down(v, to);
       const uint64_t up = qed::round_up(v, to);
@@ -39,13 +41,18 @@ TEST_CASE("no overflow where the result fits in 64 bits") {
   CHECK(qed::div_round_up(kMax, kMax) == 1);
   CHECK(qed::div_round_up(kMax - 1, kMax) == 1);
   CHECK(qed::round_down(kMax, 4096) == kMax - 4095);
-  // The largest multiple of 4096 rounds to itself, and values just below it
-  // round up to it: v + 4095 would wrap for all of these.
+  // The largest multiple of 4096 rounds to itself, and values below it round
+  // up to it.
   constexpr uint64_t top = kMax - 4095;
   CHECK(qed::round_up(top, 4096) == top);
   CHECK(qed::round_up(top - 1, 4096) == top);
   CHECK(qed::round_up(top - 4095, 4096) == top);
-  CHECK(qed::round_up(kMax - 2, 3) == kMax);  // UINT64_MAX is a multiple of 3
+  // UINT64_MAX is a multiple of 3 (and of 5): v + to - 1 wraps for v near it,
+  // though the result fits.
+  CHECK(qed::round_up(kMax - 2, 3) == kMax);
+  CHECK(qed::round_up(kMax - 1, 3) == kMax);
+  CHECK(qed::round_up(kMax, 3) == kMax);
+  CHECK(qed::round_up(kMax - 3, 5) == kMax);
 }
 
 TEST_CASE("above the largest multiple, round_up wraps as documented") {
