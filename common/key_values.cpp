@@ -3,6 +3,8 @@
 
 #include "key_values.h"
 
+#include <string>
+
 namespace qed_nbdkit {
 
 int parse_size(const char *key, const char *value, uint64_t &out) {
@@ -23,6 +25,19 @@ int parse_bool(const char *value, bool &out) {
     return -1;  // nbdkit_parse_bool reported the error
   out = r;
   return 0;
+}
+
+int bad_choice(const char *key, const char *value, const char *const *names, size_t n,
+               const char *note) {
+  std::string list;
+  for (size_t i = 0; i < n; i++) {
+    if (i > 0)
+      list += i + 1 == n ? " or " : ", ";
+    list += names[i];
+  }
+  nbdkit_error("%s: '%s' is not %s%s%s", key, value, list.c_str(), note ? " " : "",
+               note ? note : "");
+  return -1;
 }
 
 }  // namespace qed_nbdkit

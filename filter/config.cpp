@@ -28,16 +28,16 @@ namespace {
 bool format_given = false;
 qed::BackingOverride::Format format_as_given = qed::BackingOverride::Format::kAsImageSays;
 
+using qed_nbdkit::Choice;
+
+// The filter only reads: no repair.
+const Choice<qed::CheckPolicy> kPolicies[] = {{"off", qed::CheckPolicy::kOff},
+                                              {"report", qed::CheckPolicy::kReport}};
+const Choice<qed::BackingOverride::Format> kFormats[] = {
+    {"raw", qed::BackingOverride::Format::kRaw}, {"qed", qed::BackingOverride::Format::kQed}};
+
 int parse_check(Config &c, const char *key, const char *value) {
-  if (std::strcmp(value, "off") == 0)
-    c.check = qed::CheckPolicy::kOff;
-  else if (std::strcmp(value, "report") == 0)
-    c.check = qed::CheckPolicy::kReport;
-  else {
-    nbdkit_error("%s: '%s' is not off or report (the filter never repairs)", key, value);
-    return -1;
-  }
-  return 0;
+  return qed_nbdkit::parse_choice(key, value, kPolicies, c.check, "(the filter never repairs)");
 }
 
 // A local file, made absolute now (nbdkit changes to / before serving), or an
@@ -58,15 +58,8 @@ int parse_backing(Config &c, const char *key, const char *value) {
 }
 
 int parse_backing_format(Config &, const char *key, const char *value) {
-  using Format = qed::BackingOverride::Format;
-  if (std::strcmp(value, "raw") == 0)
-    format_as_given = Format::kRaw;
-  else if (std::strcmp(value, "qed") == 0)
-    format_as_given = Format::kQed;
-  else {
-    nbdkit_error("%s: '%s' is not raw or qed", key, value);
+  if (qed_nbdkit::parse_choice(key, value, kFormats, format_as_given) == -1)
     return -1;
-  }
   format_given = true;
   return 0;
 }

@@ -1,6 +1,7 @@
 #include "check.h"
 
 #include <algorithm>
+#include <string>
 
 #include "align.h"
 #include "byte_order.h"
@@ -20,6 +21,15 @@ constexpr uint64_t kChunkEntries = 65536;
 // of the file (a 61 MiB file of garbage tables took 2.5 GB). Twenty examples
 // and the counts say enough in a log.
 constexpr size_t kMaxProblemLines = 20;
+
+// "L1 entry 3 (L2 table at 65536)": an entry as a problem's line names it.
+std::string entry_name(const char *entry, uint64_t n, const char *points_at, uint64_t e) {
+  return std::string(entry)
+      .append(std::to_string(n))
+      .append(points_at)
+      .append(std::to_string(e))
+      .append(")");
+}
 
 class Checker {
 public:
@@ -148,13 +158,7 @@ Status Checker::for_each_entry(uint64_t table_offset, Fn &&fn) {
 Status Checker::walk_l1() {
   const uint64_t tb = geo_.table_bytes();
   return for_each_entry(h_.l1_table_offset, [&](uint64_t i, uint64_t at, uint64_t e) {
-    auto where = [&] {
-      return std::string("L1 entry ")
-          .append(std::to_string(i))
-          .append(" (L2 table at ")
-          .append(std::to_string(e))
-          .append(")");
-    };
+    auto where = [&] { return entry_name("L1 entry ", i, " (L2 table at ", e); };
     if (clear_if_outside(at, e, tb, "table ", where))
       return;
     if (any_used(e / cs_, geo_.table_size_clusters())) {
@@ -173,13 +177,7 @@ void Checker::check_l2_entry(uint64_t at, uint64_t e, uint64_t vpos) {
     report_.zero_clusters++;
     return;
   }
-  auto where = [&] {
-    return std::string("L2 entry for virtual offset ")
-        .append(std::to_string(vpos))
-        .append(" (cluster at ")
-        .append(std::to_string(e))
-        .append(")");
-  };
+  auto where = [&] { return entry_name("L2 entry for virtual offset ", vpos, " (cluster at ", e); };
   if (clear_if_outside(at, e, cs_, "", where))
     return;
   if (!used_[e / cs_]) {

@@ -45,38 +45,14 @@ int parse_u32_size(const char *key, const char *value, uint32_t &out) {
   return 0;
 }
 
-int parse_check(const char *value, qed::CheckPolicy &out) {
-  static const struct {
-    const char *name;
-    qed::CheckPolicy policy;
-  } kPolicies[] = {{"auto", qed::CheckPolicy::kAuto},
-                   {"repair", qed::CheckPolicy::kRepair},
-                   {"report", qed::CheckPolicy::kReport},
-                   {"off", qed::CheckPolicy::kOff}};
-  for (const auto &p : kPolicies) {
-    if (std::strcmp(value, p.name) == 0) {
-      out = p.policy;
-      return 0;
-    }
-  }
-  nbdkit_error("check: '%s' is not auto, repair, report or off", value);
-  return -1;
-}
+using qed_nbdkit::Choice;
 
-int parse_locking(const char *value, qed::Locking &out) {
-  static const struct {
-    const char *name;
-    qed::Locking locking;
-  } kModes[] = {{"auto", qed::Locking::kAuto}, {"on", qed::Locking::kOn}, {"off", qed::Locking::kOff}};
-  for (const auto &m : kModes) {
-    if (std::strcmp(value, m.name) == 0) {
-      out = m.locking;
-      return 0;
-    }
-  }
-  nbdkit_error("locking: '%s' is not auto, on or off", value);
-  return -1;
-}
+const Choice<qed::CheckPolicy> kPolicies[] = {{"auto", qed::CheckPolicy::kAuto},
+                                              {"repair", qed::CheckPolicy::kRepair},
+                                              {"report", qed::CheckPolicy::kReport},
+                                              {"off", qed::CheckPolicy::kOff}};
+const Choice<qed::Locking> kLockModes[] = {
+    {"auto", qed::Locking::kAuto}, {"on", qed::Locking::kOn}, {"off", qed::Locking::kOff}};
 
 // allow-backing=true|false|network: whether backing files may be local
 // files (true, the default), anything (network also allows NBD URIs), or
@@ -113,7 +89,9 @@ const Key kKeys[] = {
     {"cache-size", "<SIZE>", "L2 table cache for the whole backing chain (default 64M).",
      [](Config &c, const char *k, const char *v) { return parse_size(k, v, c.cache_bytes); }},
     {"check", "auto|repair|report|off", "Consistency check at open (default auto).",
-     [](Config &c, const char *, const char *v) { return parse_check(v, c.check); }},
+     [](Config &c, const char *k, const char *v) {
+       return qed_nbdkit::parse_choice(k, v, kPolicies, c.check);
+     }},
     {"allow-backing", "true|false|network",
      "Backing files: local (true, the default), none, or local and NBD URIs.",
      [](Config &c, const char *, const char *v) { return parse_allow_backing(c, v); }},
@@ -124,7 +102,9 @@ const Key kKeys[] = {
      }},
     {"locking", "auto|on|off",
      "QEMU's image locks (default auto: on where the file system has them).",
-     [](Config &c, const char *, const char *v) { return parse_locking(v, c.locking); }},
+     [](Config &c, const char *k, const char *v) {
+       return qed_nbdkit::parse_choice(k, v, kLockModes, c.locking);
+     }},
     {"allow-local-exports", "true",
      "Below an image on an NBD server, allow NBD backing files on this host.",
      [](Config &c, const char *, const char *v) { return parse_bool(v, c.allow_local_exports); }},

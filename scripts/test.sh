@@ -110,7 +110,8 @@ if ! grep -qs clang build-fuzz/meson-info/intro-compilers.json; then
   rm -rf build-fuzz
 fi
 CXX=clang++ run_suite build-fuzz 1 -Dtests=false -Dsanitize=false -Dtsan=false -Dfuzz=true
-grep -h '^fuzz [a-z_]*:' build-fuzz/meson-logs/testlog.txt 2>/dev/null | sed "s|^|build-fuzz: |" || true
+$build_only ||
+  grep -h '^fuzz [a-z_]*:' build-fuzz/meson-logs/testlog.txt 2>/dev/null | sed "s|^|build-fuzz: |" || true
 
 bench_smoke() {
   echo "=== benchmark smoke run (bench/bench.sh --quick)"

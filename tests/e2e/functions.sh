@@ -287,6 +287,9 @@ hold_bg() {
 
 # _bg_started NAME PID: register a process started elsewhere (start_base).
 _bg_started() { _bg_pid[$1]=$2 _bg_job[$1]=$2; }
+# bg_forget NAME: NAME was stopped by something else (a test's driver): nothing
+# is left to stop or kill at exit.
+bg_forget() { unset "_bg_pid[$1]" "_bg_job[$1]" "_bg_server[$1]"; }
 
 stop_bg() {
   local name=$1 sig=${2:-TERM} pid=${_bg_pid[$1]:-} job=${_bg_job[$1]:-} server=${_bg_server[$1]:-}

@@ -16,13 +16,13 @@ qemu-img create -q -f qed -b "$uri" -F raw top.qed 8M
 rc=0
 QED_NBDKIT_TIMEOUT=45 serve_rw top.qed \
   "/usr/bin/python3 '$here/nbd_reconnect.py' \"\$uri\" '$tmp/base.sock' '$tmp/base.raw' \
-     ${_base_pid[base]} >driver.out; st=\$?; cat driver.out; exit \$st" allow-backing=network || rc=$?
+     $(bg_pid base) >driver.out; st=\$?; cat driver.out; exit \$st" allow-backing=network || rc=$?
 if sanitized && [[ $rc -eq 124 || $rc -eq 137 ]] && grep -q '^nbd_reconnect: PASS' driver.out; then
   echo "(nbdkit hung at exit after the driver passed: known ASan preload issue)"
   rc=0
 fi
 (( rc == 0 )) || fail "the plugin did not survive the base server going away and coming back"
-unset "_base_pid[base]"   # killed by nbd_reconnect.py
+bg_forget base   # killed by nbd_reconnect.py
 grep -qF "error: $uri: read at offset" "$nbdkit_err" ||
   fail "no error message naming the URI while the base was down"
 echo "the plugin said, while the base was down:"

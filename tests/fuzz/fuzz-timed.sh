@@ -19,8 +19,9 @@ timeout -k 10 $((secs + 120)) "$target" -max_total_time="$secs" -timeout=30 \
   -rss_limit_mb=2048 -max_len="$max_len" -print_final_stats=1 \
   -artifact_prefix="$artifacts/" "$scratch/new" "$corpus" >"$scratch/log" 2>&1 || rc=$?
 done_line=$(grep -Eo 'Done [0-9]+ runs in [0-9]+ second' "$scratch/log" | tail -1)
+rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$scratch/log")
 if [[ $rc -eq 0 ]]; then
-  echo "fuzz $name: ${done_line:-no runs}(s), clean"
+  echo "fuzz $name: ${done_line:-no runs}(s), ${rate:-?} exec/s, clean"
   exit 0
 fi
 tail -60 "$scratch/log"
