@@ -16,7 +16,7 @@ trap 'rm -rf "$scratch"' EXIT
 mkdir "$scratch/new"
 rc=0
 timeout -k 10 $((secs + 120)) "$target" -max_total_time="$secs" -timeout=30 \
-  -rss_limit_mb=2048 -max_len="$max_len" -print_final_stats=1 \
+  -rss_limit_mb=2048 -max_len="$max_len" -error_exitcode=1 -print_final_stats=1 \
   -artifact_prefix="$artifacts/" "$scratch/new" "$corpus" >"$scratch/log" 2>&1 || rc=$?
 done_line=$(grep -Eo 'Done [0-9]+ runs in [0-9]+ second' "$scratch/log" | tail -1)
 rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$scratch/log")
