@@ -1,7 +1,8 @@
 #include <nbdkit-filter.h>
 
 #include "config.h"
-#include "key_help.h"
+#include "key_table.h"
+#include "key_values.h"
 #include "nbdkit_errors.h"
 
 #include "backing_store.h"
@@ -27,28 +28,16 @@ namespace {
 bool format_given = false;
 qed::BackingOverride::Format format_as_given = qed::BackingOverride::Format::kAsImageSays;
 
-int parse_cache_size(Config &c, const char *key, const char *value) {
-  const int64_t r = nbdkit_parse_size(value);
-  if (r == -1)
-    return -1;  // nbdkit_parse_size reported the error
-  if (r < 0) {
-    nbdkit_error("%s: size must not be negative", key);
-    return -1;
-  }
-  c.cache_bytes = uint64_t(r);
-  return 0;
-}
+using qed_nbdkit::Choice;
+
+// The filter only reads: no repair.
+const Choice<qed::CheckPolicy> kPolicies[] = {{"off", qed::CheckPolicy::kOff},
+                                              {"report", qed::CheckPolicy::kReport}};
+const Choice<qed::BackingOverride::Format> kFormats[] = {
+    {"raw", qed::BackingOverride::Format::kRaw}, {"qed", qed::BackingOverride::Format::kQed}};
 
 int parse_check(Config &c, const char *key, const char *value) {
-  if (std::strcmp(value, "off") == 0)
-    c.check = qed::CheckPolicy::kOff;
-  else if (std::strcmp(value, "report") == 0)
-    c.check = qed::CheckPolicy::kReport;
-  else {
-    nbdkit_error("%s: '%s' is not off or report (the filter never repairs)", key, value);
-    return -1;
-  }
-  return 0;
+  return qed_nbdkit::parse_choice(key, value, kPolicies, c.check, "(the filter never repairs)");
 }
 
 // A local file, made absolute now (nbdkit changes to / before serving), or an
@@ -69,25 +58,13 @@ int parse_backing(Config &c, const char *key, const char *value) {
 }
 
 int parse_backing_format(Config &, const char *key, const char *value) {
-  using Format = qed::BackingOverride::Format;
-  if (std::strcmp(value, "raw") == 0)
-    format_as_given = Format::kRaw;
-  else if (std::strcmp(value, "qed") == 0)
-    format_as_given = Format::kQed;
-  else {
-    nbdkit_error("%s: '%s' is not raw or qed", key, value);
+  if (qed_nbdkit::parse_choice(key, value, kFormats, format_as_given) == -1)
     return -1;
-  }
   format_given = true;
   return 0;
 }
 
-struct Key {
-  const char *name;
-  const char *value;  // how --help shows the value
-  const char *help;
-  int (*parse)(Config &c, const char *key, const char *value);
-};
+using Key = qed_nbdkit::Key<Config>;
 
 const Key kKeys[] = {
     {"qed-backing", "<FILENAME|URI>",
@@ -95,17 +72,15 @@ const Key kKeys[] = {
     {"qed-backing-format", "raw|qed",
      "Format of qed-backing= (default: as the image says).", parse_backing_format},
     {"qed-cache-size", "<SIZE>", "L2 table cache for the whole backing chain (default 64M).",
-     parse_cache_size},
+     [](Config &c, const char *k, const char *v) {
+       return qed_nbdkit::parse_size(k, v, c.cache_bytes);
+     }},
     {"qed-check", "off|report", "Consistency check when the image is opened (default off).",
      parse_check},
     {"qed-allow-local-exports", "true",
      "Below an image on an NBD server, allow NBD backing files on this host.",
      [](Config &c, const char *, const char *v) {
-       const int r = nbdkit_parse_bool(v);
-       if (r == -1)
-         return -1;  // nbdkit_parse_bool reported the error
-       c.allow_local_exports = r;
-       return 0;
+       return qed_nbdkit::parse_bool(v, c.allow_local_exports);
      }},
 };
 
@@ -115,9 +90,8 @@ int config_key(const char *key, const char *value, bool *ours) {
   *ours = std::strncmp(key, "qed-", 4) == 0;
   if (!*ours)
     return 0;
-  for (const Key &k : kKeys)
-    if (std::strcmp(key, k.name) == 0)
-      return k.parse(config(), key, value);
+  if (const Key *k = qed_nbdkit::find_key(kKeys, key))
+    return k->parse(config(), key, value);
   // The plugin's keys that write into the image: say why, not just "unknown".
   for (const char *writes : {"qed-copy-on-read", "qed-stream", "qed-stream-rate"}) {
     if (std::strcmp(key, writes) == 0) {

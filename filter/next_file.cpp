@@ -1,5 +1,6 @@
 #include <nbdkit-filter.h>
 
+#include "align.h"
 #include "next_file.h"
 
 #include <algorithm>
@@ -15,7 +16,7 @@ NextLimits limits_from_block_size(uint32_t minimum, uint32_t maximum) {
     l.alignment = minimum;
   if (maximum != 0 && maximum < l.max_request)
     l.max_request = maximum;
-  l.max_request = std::max(l.alignment, l.max_request / l.alignment * l.alignment);
+  l.max_request = std::max(l.alignment, uint32_t(qed::round_down(l.max_request, l.alignment)));
   return l;
 }
 
@@ -57,7 +58,7 @@ qed::Status NextFile::read_within(uint8_t *buf, uint64_t count, uint64_t offset)
       n = std::min(count, len - head);
       std::memcpy(buf, bounce.data() + head, n);
     } else {
-      n = std::min<uint64_t>(count, limits_.max_request) / align * align;
+      n = qed::round_down(std::min<uint64_t>(count, limits_.max_request), align);
       QED_RETURN_IF_ERROR(call_pread(buf, uint32_t(n), offset));
     }
     buf += n;

@@ -1,7 +1,9 @@
 #include "check.h"
 
 #include <algorithm>
+#include <string>
 
+#include "align.h"
 #include "byte_order.h"
 #include "geometry.h"
 #include "table.h"
@@ -19,6 +21,15 @@ constexpr uint64_t kChunkEntries = 65536;
 // of the file (a 61 MiB file of garbage tables took 2.5 GB). Twenty examples
 // and the counts say enough in a log.
 constexpr size_t kMaxProblemLines = 20;
+
+// "L1 entry 3 (L2 table at 65536)": an entry as a problem's line names it.
+std::string entry_name(const char *entry, uint64_t n, const char *points_at, uint64_t e) {
+  return std::string(entry)
+      .append(std::to_string(n))
+      .append(points_at)
+      .append(std::to_string(e))
+      .append(")");
+}
 
 class Checker {
 public:
@@ -56,7 +67,9 @@ private:
   void find_leaks();
   Status repair();
   Status reclaim_leaks();
-  bool invalid_offset(uint64_t e) const;
+  template <typename Where>
+  bool clear_if_outside(uint64_t entry_offset, uint64_t e, uint64_t bytes, const char *what,
+                        Where &&where);
 
   File &file_;
   const Header h_;
@@ -74,10 +87,6 @@ private:
   uint64_t unlisted_ = 0;  // problems past kMaxProblemLines
 };
 
-bool Checker::invalid_offset(uint64_t e) const {
-  return !geo_.is_cluster_aligned(e) || e < geo_.header_bytes();
-}
-
 template <typename Describe>
 void Checker::problem(Describe &&describe) {
   if (mode_ == CheckMode::kRepair)
@@ -86,6 +95,30 @@ void Checker::problem(Describe &&describe) {
     report_.problems.push_back(describe());
   else
     unlisted_++;
+}
+
+// The classification both levels share: an entry that is no valid offset
+// (misaligned, or inside the header), or whose `bytes` (a table, a cluster)
+// run past the end of the file (an interrupted write), is a problem, and is
+// queued to be cleared: then true. `what` names what lies past the end in the
+// problem's line ("table " or ""); `where()` names the entry.
+template <typename Where>
+bool Checker::clear_if_outside(uint64_t at, uint64_t e, uint64_t bytes, const char *what,
+                               Where &&where) {
+  if (!geo_.is_cluster_aligned(e) || e < geo_.header_bytes()) {
+    report_.invalid_entries++;
+    problem([&] { return where() + ": misaligned or inside the header; entry cleared"; });
+  } else if (e > file_size_ || bytes > file_size_ - e) {
+    report_.interrupted_entries++;
+    problem([&] {
+      return where() + ": " + what +
+             "past the end of the file (an interrupted write); entry cleared";
+    });
+  } else {
+    return false;
+  }
+  updates_.push_back({at, 0});
+  return true;
 }
 
 void Checker::count_unlisted() {
@@ -125,24 +158,10 @@ Status Checker::for_each_entry(uint64_t table_offset, Fn &&fn) {
 Status Checker::walk_l1() {
   const uint64_t tb = geo_.table_bytes();
   return for_each_entry(h_.l1_table_offset, [&](uint64_t i, uint64_t at, uint64_t e) {
-    auto where = [&] {
-      return std::string("L1 entry ")
-          .append(std::to_string(i))
-          .append(" (L2 table at ")
-          .append(std::to_string(e))
-          .append(")");
-    };
-    if (invalid_offset(e)) {
-      report_.invalid_entries++;
-      problem([&] { return where() + ": misaligned or inside the header; entry cleared"; });
-      updates_.push_back({at, 0});
-    } else if (e > file_size_ || tb > file_size_ - e) {
-      report_.interrupted_entries++;
-      problem([&] {
-        return where() + ": table past the end of the file (an interrupted write); entry cleared";
-      });
-      updates_.push_back({at, 0});
-    } else if (any_used(e / cs_, geo_.table_size_clusters())) {
+    auto where = [&] { return entry_name("L1 entry ", i, " (L2 table at ", e); };
+    if (clear_if_outside(at, e, tb, "table ", where))
+      return;
+    if (any_used(e / cs_, geo_.table_size_clusters())) {
       report_.duplicate_refs++;
       problem([&] { return where() + ": table overlaps clusters already in use; entry cleared"; });
       updates_.push_back({at, 0});
@@ -158,24 +177,10 @@ void Checker::check_l2_entry(uint64_t at, uint64_t e, uint64_t vpos) {
     report_.zero_clusters++;
     return;
   }
-  auto where = [&] {
-    return std::string("L2 entry for virtual offset ")
-        .append(std::to_string(vpos))
-        .append(" (cluster at ")
-        .append(std::to_string(e))
-        .append(")");
-  };
-  if (invalid_offset(e)) {
-    report_.invalid_entries++;
-    problem([&] { return where() + ": misaligned or inside the header; entry cleared"; });
-    updates_.push_back({at, 0});
-  } else if (e > file_size_ || cs_ > file_size_ - e) {
-    report_.interrupted_entries++;
-    problem([&] {
-      return where() + ": past the end of the file (an interrupted write); entry cleared";
-    });
-    updates_.push_back({at, 0});
-  } else if (!used_[e / cs_]) {
+  auto where = [&] { return entry_name("L2 entry for virtual offset ", vpos, " (cluster at ", e); };
+  if (clear_if_outside(at, e, cs_, "", where))
+    return;
+  if (!used_[e / cs_]) {
     report_.data_clusters++;
     mark(e / cs_, 1, false);
   } else if (metadata_[e / cs_]) {
@@ -243,7 +248,7 @@ Status Checker::reclaim_leaks() {
 
 Status Checker::repair() {
   // 1. Private copies for shared clusters, appended past everything else.
-  uint64_t next = (file_size_ + cs_ - 1) / cs_ * cs_;
+  uint64_t next = round_up(file_size_, cs_);
   std::vector<uint8_t> buf(copies_.empty() ? 0 : cs_);
   for (const Copy &c : copies_) {
     QED_RETURN_IF_ERROR(file_.pread(buf.data(), cs_, c.from));
@@ -277,7 +282,7 @@ Result<CheckReport> Checker::run() {
   if (!size)
     return size.status();
   file_size_ = *size;
-  const uint64_t clusters = (file_size_ + cs_ - 1) / cs_;
+  const uint64_t clusters = div_round_up(file_size_, cs_);
   report_.file_clusters = clusters;
   used_.assign(clusters, false);
   metadata_.assign(clusters, false);

@@ -1,5 +1,6 @@
 #include "geometry.h"
 
+#include "align.h"
 #include <algorithm>
 #include <bit>
 
@@ -8,8 +9,7 @@ namespace qed {
 namespace {
 
 uint64_t round_up_entries(uint64_t n, uint64_t limit) {
-  const uint64_t rounded = (n + kEntriesPerSector - 1) / kEntriesPerSector * kEntriesPerSector;
-  return std::min(rounded, limit);
+  return std::min(round_up(n, kEntriesPerSector), limit);
 }
 
 }  // namespace

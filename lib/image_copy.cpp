@@ -17,6 +17,7 @@
 #include <cstring>
 #include <optional>
 
+#include "align.h"
 #include "image.h"
 #include "page_buffer.h"
 
@@ -72,8 +73,8 @@ Status Image::copy_up(uint64_t pos, uint64_t count, const uint8_t *known, bool *
   const uint64_t cs = geo_.cluster_size();
   // Clusters past the end of the backing file read as zeroes, as they will
   // without it: nothing to copy there.
-  const uint64_t end = std::min(geo_.cluster_start(pos + count + cs - 1),
-                                geo_.cluster_start(std::min(b->size(), size()) + cs - 1));
+  const uint64_t end =
+      std::min(round_up(pos + count, cs), round_up(std::min(b->size(), size()), cs));
   uint64_t p = geo_.cluster_start(pos);
   while (p < end) {
     auto plan = meta_->plan_copy(p, end - p);

@@ -72,6 +72,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "align.h"
 #include "byte_order.h"
 #include "image.h"
 #include "page_buffer.h"
@@ -403,8 +404,8 @@ Status Image::trim(uint64_t pos, uint64_t count, bool fua) {
   QED_RETURN_IF_ERROR(refuse_if_failed());
   const uint64_t cs = geo_.cluster_size();
   // Only whole clusters are freed; trimming is advisory for the rest.
-  const uint64_t first = (pos + cs - 1) / cs * cs;
-  const uint64_t last = (pos + count) / cs * cs;
+  const uint64_t first = round_up(pos, cs);
+  const uint64_t last = round_down(pos + count, cs);
   pos = first;
   while (pos < last) {
     auto run = meta_->lookup(pos, last - pos);

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <utility>
 
+#include "align.h"
 #include "byte_order.h"
 
 namespace qed {
@@ -15,10 +16,8 @@ struct ClusterKeyLess {
 };
 
 uint64_t sectors_for(uint64_t entries) {
-  return (entries + kEntriesPerSector - 1) / kEntriesPerSector;
+  return div_round_up(entries, kEntriesPerSector);
 }
-
-uint64_t round_up(uint64_t v, uint64_t to) { return (v + to - 1) / to * to; }
 
 // Failed allocations remembered below the end of the file. They go back as
 // soon as everything above them has; under a run of failures from several

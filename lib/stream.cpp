@@ -12,6 +12,7 @@
 #include <iterator>
 #include <vector>
 
+#include "align.h"
 #include "page_buffer.h"
 
 namespace qed {
@@ -125,7 +126,7 @@ Result<uint64_t> Stream::step(uint64_t pos, uint64_t len, bool &base_failed, Pag
       continue;
     const uint64_t from = std::max(copied_to, image_.geometry().cluster_start(e.offset));
     const uint64_t to =
-        std::min(pos + len, image_.geometry().cluster_start(e.offset + e.length + cs - 1));
+        std::min(pos + len, round_up(e.offset + e.length, cs));
     if (from >= to)
       continue;
     QED_RETURN_IF_ERROR(image_.copy_up(from, to - from, nullptr, &base_failed, &scratch));
@@ -269,7 +270,7 @@ Result<bool> Stream::run() {
   uint64_t step = kStepBytes;
   if (options_.rate)
     step = std::min(step, options_.rate / 4);
-  step_bytes_ = std::max(step / cs * cs, cs);
+  step_bytes_ = std::max(round_down(step, cs), cs);
   {
     std::lock_guard lock(mu_);
     requests_seen_ = image_.requests_started();

@@ -2,6 +2,7 @@
 
 #include <libnbd.h>
 
+#include "align.h"
 #include "this_host.h"
 
 #include <algorithm>
@@ -125,7 +126,7 @@ Status NbdFile::learn(nbd_handle *h) {
   const int64_t min = nbd_get_block_size(h, LIBNBD_SIZE_MINIMUM);
   min_block_ = min > 0 ? uint32_t(min) : 1;
   max_request_ = max > 0 ? uint32_t(std::min<int64_t>(max, kDefaultMaxRequest)) : kDefaultMaxRequest;
-  max_request_ = std::max(max_request_ / min_block_ * min_block_, min_block_);
+  max_request_ = std::max(uint32_t(qed::round_down(max_request_, min_block_)), min_block_);
   block_status_ = nbd_can_meta_context(h, LIBNBD_CONTEXT_BASE_ALLOCATION) == 1;
   return Status::ok();
 }
@@ -382,8 +383,8 @@ Status NbdFile::pread(void *buf, size_t count, uint64_t offset) {
   std::memset(out + inside, 0, count - inside);
   if (inside == 0)
     return Status::ok();
-  const uint64_t first = offset / min_block_ * min_block_;
-  const uint64_t end = (offset + inside + min_block_ - 1) / min_block_ * min_block_;
+  const uint64_t first = qed::round_down(offset, min_block_);
+  const uint64_t end = qed::round_up(offset + inside, min_block_);
   if (end > size_)
     return error("cannot read the last " + std::to_string(size_ % min_block_) +
                  " bytes of the export: its size is not a multiple of the server's minimum "
@@ -407,11 +408,10 @@ Result<qed::File::Run> NbdFile::probe_run(uint64_t offset, uint64_t limit) {
   // Ask about whole blocks from the one holding `offset`, as far as the
   // window goes whatever `limit` is: callers walk on, and the reply answers
   // their next probes.
-  const uint64_t first = offset / min_block_ * min_block_;
+  const uint64_t first = qed::round_down(offset, min_block_);
   uint64_t count = std::max(status_.window(), offset - first + 1);
-  count = std::min((count + min_block_ - 1) / min_block_ * min_block_,
-                   (size_ - first) / min_block_ * min_block_);
-  count = std::min<uint64_t>(count, UINT32_MAX / min_block_ * min_block_);
+  count = std::min(qed::round_up(count, min_block_), qed::round_down(size_ - first, min_block_));
+  count = std::min(count, qed::round_down(UINT32_MAX, min_block_));
   if (count == 0)  // the partial block at the end, which the server cannot answer for
     return Run{false, limit};
   StatusReply reply(first, count);

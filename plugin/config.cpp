@@ -4,7 +4,8 @@
 
 #include "config.h"
 #include "check_log.h"
-#include "key_help.h"
+#include "key_table.h"
+#include "key_values.h"
 #include "format.h"
 #include "nbdkit_args.h"
 
@@ -29,25 +30,8 @@ namespace {
 // whether it must already exist (it need not with create=true).
 std::string file_as_given;
 
-int parse_bool(const char *value, bool &out) {
-  int r = nbdkit_parse_bool(value);
-  if (r == -1)
-    return -1;  // nbdkit_parse_bool reported the error
-  out = r;
-  return 0;
-}
-
-int parse_size(const char *key, const char *value, uint64_t &out) {
-  int64_t r = nbdkit_parse_size(value);
-  if (r == -1)
-    return -1;
-  if (r < 0) {
-    nbdkit_error("%s: size must not be negative", key);
-    return -1;
-  }
-  out = uint64_t(r);
-  return 0;
-}
+using qed_nbdkit::parse_bool;
+using qed_nbdkit::parse_size;
 
 int parse_u32_size(const char *key, const char *value, uint32_t &out) {
   uint64_t v;
@@ -61,38 +45,14 @@ int parse_u32_size(const char *key, const char *value, uint32_t &out) {
   return 0;
 }
 
-int parse_check(const char *value, qed::CheckPolicy &out) {
-  static const struct {
-    const char *name;
-    qed::CheckPolicy policy;
-  } kPolicies[] = {{"auto", qed::CheckPolicy::kAuto},
-                   {"repair", qed::CheckPolicy::kRepair},
-                   {"report", qed::CheckPolicy::kReport},
-                   {"off", qed::CheckPolicy::kOff}};
-  for (const auto &p : kPolicies) {
-    if (std::strcmp(value, p.name) == 0) {
-      out = p.policy;
-      return 0;
-    }
-  }
-  nbdkit_error("check: '%s' is not auto, repair, report or off", value);
-  return -1;
-}
+using qed_nbdkit::Choice;
 
-int parse_locking(const char *value, qed::Locking &out) {
-  static const struct {
-    const char *name;
-    qed::Locking locking;
-  } kModes[] = {{"auto", qed::Locking::kAuto}, {"on", qed::Locking::kOn}, {"off", qed::Locking::kOff}};
-  for (const auto &m : kModes) {
-    if (std::strcmp(value, m.name) == 0) {
-      out = m.locking;
-      return 0;
-    }
-  }
-  nbdkit_error("locking: '%s' is not auto, on or off", value);
-  return -1;
-}
+const Choice<qed::CheckPolicy> kPolicies[] = {{"auto", qed::CheckPolicy::kAuto},
+                                              {"repair", qed::CheckPolicy::kRepair},
+                                              {"report", qed::CheckPolicy::kReport},
+                                              {"off", qed::CheckPolicy::kOff}};
+const Choice<qed::Locking> kLockModes[] = {
+    {"auto", qed::Locking::kAuto}, {"on", qed::Locking::kOn}, {"off", qed::Locking::kOff}};
 
 // allow-backing=true|false|network: whether backing files may be local
 // files (true, the default), anything (network also allows NBD URIs), or
@@ -118,12 +78,7 @@ int parse_connections(const char *key, const char *value, unsigned &out) {
   return 0;
 }
 
-struct Key {
-  const char *name;
-  const char *value;  // how --help shows the value
-  const char *help;
-  int (*parse)(Config &c, const char *key, const char *value);
-};
+using Key = qed_nbdkit::Key<Config>;
 
 const Key kKeys[] = {
     {"file", "<FILENAME>", "(required) The QED image to serve.",
@@ -134,7 +89,9 @@ const Key kKeys[] = {
     {"cache-size", "<SIZE>", "L2 table cache for the whole backing chain (default 64M).",
      [](Config &c, const char *k, const char *v) { return parse_size(k, v, c.cache_bytes); }},
     {"check", "auto|repair|report|off", "Consistency check at open (default auto).",
-     [](Config &c, const char *, const char *v) { return parse_check(v, c.check); }},
+     [](Config &c, const char *k, const char *v) {
+       return qed_nbdkit::parse_choice(k, v, kPolicies, c.check);
+     }},
     {"allow-backing", "true|false|network",
      "Backing files: local (true, the default), none, or local and NBD URIs.",
      [](Config &c, const char *, const char *v) { return parse_allow_backing(c, v); }},
@@ -145,7 +102,9 @@ const Key kKeys[] = {
      }},
     {"locking", "auto|on|off",
      "QEMU's image locks (default auto: on where the file system has them).",
-     [](Config &c, const char *, const char *v) { return parse_locking(v, c.locking); }},
+     [](Config &c, const char *k, const char *v) {
+       return qed_nbdkit::parse_choice(k, v, kLockModes, c.locking);
+     }},
     {"allow-local-exports", "true",
      "Below an image on an NBD server, allow NBD backing files on this host.",
      [](Config &c, const char *, const char *v) { return parse_bool(v, c.allow_local_exports); }},
@@ -197,9 +156,8 @@ std::string absolute_image_path(const std::string &given, bool may_be_missing) {
 }  // namespace
 
 int config_key(const char *key, const char *value) {
-  for (const Key &k : kKeys)
-    if (std::strcmp(key, k.name) == 0)
-      return k.parse(config(), key, value);
+  if (const Key *k = qed_nbdkit::find_key(kKeys, key))
+    return k->parse(config(), key, value);
   nbdkit_error("unknown parameter '%s' (nbdkit qed --help lists the keys)", key);
   return -1;
 }
@@ -273,14 +231,6 @@ const char *config_help() {
   return help.c_str();
 }
 
-std::string config_key_list() {
-  std::string out;
-  for (const Key &k : kKeys) {
-    if (!out.empty())
-      out += ',';
-    out += k.name;
-  }
-  return out;
-}
+std::string config_key_list() { return qed_nbdkit::key_list(kKeys); }
 
 }  // namespace qed_plugin

@@ -18,9 +18,9 @@
 #include "check_log.h"
 #include "config.h"
 #include "create.h"
-#include "errors.h"
 #include "export_size.h"
 #include "image.h"
+#include "nbdkit_errors.h"
 #include "nbdkit_extents.h"
 #include "nbd_store.h"
 #include "printable.h"
@@ -31,7 +31,9 @@
 namespace qed_plugin {
 namespace {
 
+using qed_nbdkit::guarded;
 using qed_nbdkit::log_check;
+using qed_nbdkit::report;
 
 // served_mu guards `served` and `served_writable`; connections keep their own
 // reference to the Image they opened.

@@ -3,8 +3,8 @@
 #   build/           normal build: unit, crash-state and end-to-end tests
 #   build-sanitize/  the same under AddressSanitizer + UndefinedBehaviorSanitizer
 #   build-tsan/      unit and crash-state tests under ThreadSanitizer
-#   build-fuzz/      libFuzzer targets (clang), each of the four run for
-#                    QED_FUZZ_SECONDS (60)
+#   build-fuzz/      libFuzzer targets (clang): each one's corpus replayed, then
+#                    each fuzzed for QED_FUZZ_SECONDS (60) (tests/fuzz/meson.build)
 #   bench/bench.sh --quick, a smoke run of the benchmark (it does not gate on ratios),
 #                    after bench/test_report.py (the report program's unit tests)
 #   debian13-build: in a fresh minimal Debian 13 chroot (scripts/debian-chroot.sh
@@ -102,60 +102,17 @@ test_args=(--suite unit --suite crash)
 run_suite build-tsan 4 -Dtests=true -Dsanitize=false -Dtsan=true -Dfuzz=false
 test_args=()
 
-# fuzz TARGET MAX_LEN: run one libFuzzer target for QED_FUZZ_SECONDS from its
-# seed corpus (new inputs go to a scratch folder), print its executions and
-# executions per second, and fail on a crash, a leak, a timeout or running
-# out of memory: by the exit status and by libFuzzer's and the sanitizers'
-# reports in the output, whichever shows it.
-fuzz() {
-  local t=$1 max_len=$2 corpus log runs secs rate cov ft
-  corpus=$(mktemp -d) log=$(mktemp)
-  timeout -k 10 $((QED_FUZZ_SECONDS + 120)) build-fuzz/tests/fuzz/$t \
-    -max_total_time="$QED_FUZZ_SECONDS" -timeout=30 -rss_limit_mb=2048 -max_len="$max_len" \
-    -print_final_stats=1 -artifact_prefix=build-fuzz/ \
-    "$corpus" "tests/fuzz/corpus/$t" >"$log" 2>&1
-  local status=$?
-  runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
-  rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log")
-  secs=$(grep -Eo 'Done [0-9]+ runs in [0-9]+ second' "$log" | tail -1 | grep -Eo ' [0-9]+ s' |
-    grep -Eo '[0-9]+')
-  read -r cov ft < <(grep -E '#[0-9]+[[:space:]]+DONE' "$log" | tail -1 |
-    sed -E 's/.*cov: ([0-9]+) ft: ([0-9]+).*/\1 \2/')
-  local bad='ERROR: (libFuzzer|LeakSanitizer|AddressSanitizer)|deadly signal|runtime error:'
-  bad+='|fuzz finding:'
-  if [[ $status -eq 0 && -n $runs ]] && ! grep -Eq "$bad" "$log"; then
-    echo "fuzz $t: ${runs} runs in ${secs:-?} s, ${rate} exec/s, cov ${cov:-?} ft ${ft:-?}, clean"
-    echo "fuzz-$t OK" >>"$extra"
-  else
-    grep -E 'fuzz finding:|ERROR:|SUMMARY:|runtime error:|Test unit written' "$log" | head -20
-    tail -40 "$log"
-    echo "fuzz $t: FAILED (status $status, ${runs:-no} runs; the input is in build-fuzz/)"
-    echo "fuzz-$t FAIL" >>"$extra"
-  fi
-  rm -rf "$corpus" "$log"
-}
-
-QED_FUZZ_SECONDS=${QED_FUZZ_SECONDS:-60}
-echo "=== build-fuzz: configure and build (clang, libFuzzer, ASan+UBSan)"
+# The fuzz build's tests: each target's corpus replayed, then each target
+# fuzzed for QED_FUZZ_SECONDS, one at a time (tests/fuzz/meson.build).
+export QED_FUZZ_SECONDS=${QED_FUZZ_SECONDS:-60}
 # The compiler is fixed when a folder is first configured: start afresh unless
 # it is clang.
 if ! grep -qs clang build-fuzz/meson-info/intro-compilers.json; then
   rm -rf build-fuzz
 fi
-if ! { CXX=clang++ configure build-fuzz -Dtests=false -Dsanitize=false -Dtsan=false -Dfuzz=true &&
-       ninja -C build-fuzz; }; then
-  echo "test: fuzz build failed" >&2
-  build_failures=$((build_failures + 1))
-elif $build_only; then
-  echo "build-build-fuzz OK" >>"$extra"
-else
-  # The image targets take whole images: 64 KiB hold a few small tables.
-  # fuzz_requests reads at most 32 requests of a few bytes.
-  fuzz fuzz_header 4096
-  fuzz fuzz_translate 65536
-  fuzz fuzz_check 65536
-  fuzz fuzz_requests 1024
-fi
+CXX=clang++ run_suite build-fuzz 1 -Dtests=false -Dsanitize=false -Dtsan=false -Dfuzz=true
+$build_only ||
+  grep -h '^fuzz [a-z_]*:' build-fuzz/meson-logs/testlog.txt 2>/dev/null | sed "s|^|build-fuzz: |" || true
 
 bench_smoke() {
   echo "=== benchmark report tests (bench/test_report.py)"

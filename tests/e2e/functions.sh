@@ -24,16 +24,23 @@ if [[ $# -lt 1 || ! -f $1 ]]; then
 fi
 plugin=$(realpath -- "$1")
 shift
-# The front end serve_ro and refuses use (see "Front ends" at the end).
-frontend=${QED_FRONTEND:-plugin}
+# The nbdkit plugin below the filter when serve_ro and refuses serve through the
+# filter (file, memory or nbd), or nothing when they serve through the plugin (see
+# "Through the filter" at the end).
+under_filter=${QED_UNDER_FILTER:-}
 filter=
 if [[ -n ${QED_FILTER:-} ]]; then
   filter=$(realpath -- "$QED_FILTER")
 fi
-if [[ $frontend != plugin && ! -f $filter ]]; then
-  echo "$0: QED_FRONTEND=$frontend needs QED_FILTER (the built nbdkit-qed-filter.so)" >&2
+if [[ -n $under_filter && ! -f $filter ]]; then
+  echo "$0: QED_UNDER_FILTER=$under_filter needs QED_FILTER (the built nbdkit-qed-filter.so)" >&2
   exit 1
 fi
+# through_filter: whether serve_ro and refuses serve through the filter.
+through_filter() { [[ -n $under_filter ]]; }
+# The folder of the test scripts (helpers such as write_random.py live there).
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+KiB=1024 MiB=$((1024 * 1024))
 
 # python3 on PATH may be a pyenv interpreter without the libnbd bindings.
 export PATH="/usr/bin:/bin:$PATH"
@@ -46,7 +53,6 @@ _ram_dirs=()
 # set -e, anything of theirs that fails would end the trap before the cleanup.
 _cleanup() {
   local rc=${1:-$?}
-  _kill_served
   _stop_all_bg
   cd /
   rm -rf -- "$tmp" "${_ram_dirs[@]}"
@@ -141,12 +147,12 @@ qed_nbdkit() {
 # variable inside CMD: quote it).  Returns CMD's exit status (or nbdkit's on startup
 # failure).  A private socket under $tmp is used instead of "-U -" because nbdkit
 # leaves /tmp/nbdkitXXXXXX behind when startup fails.  Through the filter when
-# $frontend says so (see below).
+# $under_filter says so (see below).
 serve_ro() {
   local image=$1 cmd=$2
   shift 2
   rm -f "$tmp/sock"
-  if [[ $frontend != plugin ]]; then
+  if through_filter; then
     serve_filter "$image" "$cmd" "$@"
     return
   fi
@@ -159,74 +165,6 @@ serve_rw() {
   shift 2
   rm -f "$tmp/sock"
   qed_nbdkit -U "$tmp/sock" "$plugin" file="$image" "$@" --run "$cmd"
-}
-
-# serve_bg [-r] IMAGE [PLUGIN-ARGS...]: serve IMAGE through the plugin (read-write,
-# or read-only with -r) in the background, on $tmp/served.sock ($served_uri), until
-# stop_served; for scenarios whose steps (stopping and starting other servers,
-# looking at nbdkit's memory) run in this shell between clients.  nbdkit's pid is
-# $(served_pid), its stderr goes to $served_err.  No client connects before the
-# scenario's first: the socket is ready when nbdkit has written its pid file.
-served_uri="nbd+unix:///?socket=$tmp/served.sock"
-served_err="$tmp/served.stderr"
-served_pid() { cat "$tmp/served.pid"; }
-_served_job=
-serve_bg() {
-  local ro=() image i
-  if [[ $1 == -r ]]; then
-    ro=(-r)
-    shift
-  fi
-  image=$1
-  shift
-  [[ -z $_served_job ]] || fail "serve_bg: already serving"
-  rm -f "$tmp/served.sock" "$tmp/served.pid" "$served_err"
-  QED_NBDKIT_ERR=$served_err qed_nbdkit -f "${ro[@]}" -U "$tmp/served.sock" -P "$tmp/served.pid" \
-    "$plugin" file="$image" "$@" &
-  _served_job=$!
-  for ((i = 0; i < 500; i++)); do
-    [[ -s $tmp/served.pid ]] && return 0
-    kill -0 "$_served_job" 2>/dev/null || break
-    sleep 0.02
-  done
-  fail "serve_bg: nbdkit did not start serving $image"
-}
-
-# stop_served: stop what serve_bg serves (SIGTERM; its clients must be gone) and
-# return its status: non-zero if nbdkit failed or a sanitizer reported anything.
-# Under the sanitizer, nbdkit that does not exit within 10 s of SIGTERM is hung at
-# exit (the ASan preload issue above): killed, and not counted as a failure.
-# Without it, 30 s is a failure.
-stop_served() {
-  local rc=0 pid i wait=300
-  [[ -n $_served_job ]] || fail "stop_served: nothing is served"
-  pid=$(served_pid)
-  kill "$pid" 2>/dev/null || true
-  ! sanitized || wait=100
-  for ((i = 0; i < wait; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  if kill -0 "$pid" 2>/dev/null; then
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$_served_job" || true
-    _served_job=
-    sanitized || fail "nbdkit did not exit within 30 s of SIGTERM"
-    echo "(nbdkit hung at exit: known ASan preload issue)"
-    if grep -Eq 'ERROR: (Address|Leak|Undefined)Sanitizer|runtime error:' "$served_err"; then
-      return 1
-    fi
-    return 0
-  fi
-  wait "$_served_job" || rc=$?
-  _served_job=
-  return "$rc"
-}
-
-_kill_served() {
-  if [[ -n $_served_job && -s $tmp/served.pid ]]; then
-    kill -KILL "$(cat "$tmp/served.pid")" 2>/dev/null || true
-  fi
 }
 
 # refuses [--rw] [PLUGIN-ARGS...]: nbdkit serving the plugin read-only (read-write
@@ -243,7 +181,7 @@ refuses() {
   fi
   refuse_rc=0
   rm -f "$tmp/sock" "$tmp/ran"
-  if [[ $frontend != plugin ]]; then
+  if through_filter; then
     _filter_refuses "$@"
   else
     QED_NBDKIT_TIMEOUT=8 qed_nbdkit "${mode[@]}" -U "$tmp/sock" "$plugin" "$@" --run "touch '$tmp/ran'" ||
@@ -290,61 +228,98 @@ qio_ok() {
   fi
 }
 
-# ---- Servers and lock holders in the background -----------------------------------
-# serve_named NAME [NBDKIT-OPTIONS...] -- [PLUGIN-ARGS...]: nbdkit serving the plugin in
-# the background (with the sanitizer runtime when needed) on $tmp/NAME.sock, its
-# stderr in $tmp/NAME.err; returns once it serves (nbdkit binds its socket after
-# .get_ready, where the image is opened and locked).  Fails the test if it exits
-# instead.  stop_bg NAME [SIGNAL] stops it (TERM by default) and waits for it;
-# bg_uri NAME is its URI.  hold_bg NAME CMD...: any other command in the
-# background (qemu-io holding an image), stopped the same way.  Whatever is still
-# running when the test exits is killed.
-declare -A _bg_pid=()
+# ---- Servers and other processes in the background --------------------------------
+# For scenarios whose steps (stopping and starting other servers, looking at
+# nbdkit's memory, holding locks) run in this shell between clients. Each
+# process has a NAME; whatever is still running when the test exits is killed.
+#
+# serve_bg NAME [NBDKIT-OPTIONS...] [-- PLUGIN-ARGS...]: nbdkit serving the plugin
+#   (with the sanitizer runtime when needed) on $tmp/NAME.sock, its URI
+#   $(bg_uri NAME), its stderr in $(bg_err NAME), its pid $(bg_pid NAME). Returns
+#   once it serves: nbdkit writes its pid file after binding its socket, which is
+#   after .get_ready, where the image is opened and locked; no client has
+#   connected yet. Fails the test if nbdkit exits instead.
+# hold_bg NAME CMD...: any other command (qemu-io holding an image), its output
+#   in $tmp/NAME.out.
+# stop_bg NAME [SIGNAL]: stops NAME (SIGTERM by default) and waits for it. For a
+#   server stopped with SIGTERM (nbdkit then waits for its clients: they must be
+#   gone), returns nbdkit's exit status; a server that does not exit within 30 s
+#   fails the test, except under the sanitizer, where one that hangs for 10 s is
+#   the known ASan preload issue (see above): killed, and not counted. Otherwise
+#   returns 0. A sanitizer report in a server's stderr fails the test.
+#   (Plain nbdkit servers for backing files: start_base in nbd-functions.sh,
+#   stopped with stop_bg too.)
+declare -A _bg_pid=() _bg_job=() _bg_server=()
 bg_uri() { echo "nbd+unix:///?socket=$tmp/$1.sock"; }
-serve_named() {
+bg_err() { echo "$tmp/$1.err"; }
+bg_pid() { echo "${_bg_pid[$1]}"; }
+_sanitizer_report='ERROR: (Address|Leak|Undefined)Sanitizer|runtime error:'
+
+serve_bg() {
   local name=$1 opts=() i
   shift
   while [[ $# -gt 0 && $1 != -- ]]; do opts+=("$1"); shift; done
   [[ ${1:-} == -- ]] && shift
-  rm -f "$tmp/$name.sock"
-  if sanitized; then
-    LD_PRELOAD="$_asan_lib${LD_PRELOAD:+:$LD_PRELOAD}" ASAN_OPTIONS="detect_leaks=0:exitcode=97" \
-      nbdkit -f "${opts[@]}" -U "$tmp/$name.sock" "$plugin" "$@" 2>"$tmp/$name.err" &
-  else
-    nbdkit -f "${opts[@]}" -U "$tmp/$name.sock" "$plugin" "$@" 2>"$tmp/$name.err" &
-  fi
-  _bg_pid[$name]=$!
+  [[ -z ${_bg_pid[$name]:-} ]] || fail "serve_bg: $name is already running"
+  rm -f "$tmp/$name.sock" "$tmp/$name.pid" "$tmp/$name.err"
+  QED_NBDKIT_ERR=$tmp/$name.err qed_nbdkit -f "${opts[@]}" -U "$tmp/$name.sock" \
+    -P "$tmp/$name.pid" "$plugin" "$@" &
+  _bg_job[$name]=$!
+  _bg_server[$name]=1
   for ((i = 0; i < 600; i++)); do
-    [[ -S $tmp/$name.sock ]] && return 0
-    kill -0 "${_bg_pid[$name]}" 2>/dev/null || break
+    if [[ -s $tmp/$name.pid && -S $tmp/$name.sock ]]; then
+      _bg_pid[$name]=$(cat "$tmp/$name.pid")
+      return 0
+    fi
+    kill -0 "${_bg_job[$name]}" 2>/dev/null || break
     sleep 0.05
   done
   cat "$tmp/$name.err" >&2
   fail "nbdkit $name (${opts[*]} $*) did not start"
 }
+
 hold_bg() {
   local name=$1
   shift
   "$@" >"$tmp/$name.out" 2>&1 &
-  _bg_pid[$name]=$!
+  _bg_pid[$name]=$! _bg_job[$name]=$!
 }
+
+# _bg_started NAME PID: register a process started elsewhere (start_base).
+_bg_started() { _bg_pid[$1]=$2 _bg_job[$1]=$2; }
+# bg_forget NAME: NAME was stopped by something else (a test's driver): nothing
+# is left to stop or kill at exit.
+bg_forget() { unset "_bg_pid[$1]" "_bg_job[$1]" "_bg_server[$1]"; }
+
 stop_bg() {
-  local name=$1 sig=${2:-TERM} pid=${_bg_pid[$1]:-} i
+  local name=$1 sig=${2:-TERM} pid=${_bg_pid[$1]:-} job=${_bg_job[$1]:-} server=${_bg_server[$1]:-}
+  local i rc=0 wait=600 hung=false
   [[ -n $pid ]] || return 0
+  unset "_bg_pid[$name]" "_bg_job[$name]" "_bg_server[$name]"
   kill "-$sig" "$pid" 2>/dev/null || true
-  for ((i = 0; i < 600; i++)); do
+  ! sanitized || [[ -z $server ]] || wait=200
+  for ((i = 0; i < wait; i++)); do
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.05
   done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-  unset "_bg_pid[$name]"
-  if [[ -f $tmp/$name.err ]] &&
-      grep -Eq 'ERROR: (Address|Leak|Undefined)Sanitizer|runtime error:' "$tmp/$name.err"; then
+  if kill -0 "$pid" 2>/dev/null; then
+    hung=true
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  wait "$job" 2>/dev/null || rc=$?
+  if [[ -n $server ]] && grep -Eq "$_sanitizer_report" "$tmp/$name.err"; then
     cat "$tmp/$name.err" >&2
     fail "sanitizer report from nbdkit $name"
   fi
+  [[ -n $server && $sig == TERM ]] || return 0
+  if $hung; then
+    sanitized || fail "nbdkit $name did not exit within 30 s of SIGTERM"
+    echo "(nbdkit $name hung at exit: known ASan preload issue)"
+    return 0
+  fi
+  return "$rc"
 }
+
 _stop_all_bg() {
   local name
   for name in "${!_bg_pid[@]}"; do
@@ -497,10 +472,11 @@ peak_rss_kib() {
   rm -f "$tmp/peak_rss" "$peak_pidfile"
 }
 
-# ---- Front ends -----------------------------------------------------------------
-# QED_FRONTEND (set by tests/e2e/meson.build) chooses what serve_ro and refuses run;
-# QED_FILTER is then the path of the built nbdkit-qed-filter.so:
-#   plugin  nbdkit -r PLUGIN file=IMAGE                            (the default)
+# ---- Through the filter ---------------------------------------------------------
+# QED_UNDER_FILTER (set by tests/e2e/meson.build) names the nbdkit plugin below the
+# filter when serve_ro and refuses serve through it; QED_FILTER is then the path of
+# the built nbdkit-qed-filter.so:
+#   (unset) nbdkit -r PLUGIN file=IMAGE: our plugin, no filter      (the default)
 #   file    nbdkit --filter=FILTER file IMAGE; and every image state served is
 #           first compared with the plugin's -r export of it, byte for byte and
 #           extent for extent (compare_with_plugin)
@@ -510,7 +486,7 @@ peak_rss_kib() {
 # Plugin arguments become the filter's keys (cache-size= -> qed-cache-size=), and an
 # image with a backing file gets qed-backing= naming the file its header names,
 # resolved as the plugin would (the filter cannot resolve it itself).
-# (frontend and filter are set at the top, before the cd into $tmp.)
+# (under_filter and filter are set at the top, before the cd into $tmp.)
 
 # How the filter's messages name the image it reads.
 filter_image_name="the plugin's export"
@@ -553,15 +529,15 @@ print(name if name.startswith("/") else os.path.join(os.path.dirname(os.path.abs
 PY
 }
 
-# _filter_plugin IMAGE: sets _below to the plugin and its arguments for $frontend.
+# _filter_plugin IMAGE: sets _below to the plugin below the filter and its arguments.
 _filter_plugin() {
   local image
   image=$(realpath -m -- "$1")
-  case $frontend in
+  case $under_filter in
     file) _below=(file "$image") ;;
     memory) _below=(data "data=<$image") ;;
     nbd) _below=(nbd "socket=$tmp/below.sock") ;;
-    *) fail "unknown QED_FRONTEND=$frontend" ;;
+    *) fail "unknown QED_UNDER_FILTER=$under_filter" ;;
   esac
 }
 
@@ -569,7 +545,7 @@ _filter_plugin() {
 # copy of IMAGE in a memory disk, on $tmp/below.sock.
 _below_pid=
 _start_below() {
-  [[ $frontend == nbd ]] || return 0
+  [[ $under_filter == nbd ]] || return 0
   rm -f "$tmp/below.sock" "$tmp/below.pid"
   nbdkit -f --exit-with-parent -U "$tmp/below.sock" -P "$tmp/below.pid" \
     memory "$(stat -c %s "$1")" &
@@ -594,7 +570,7 @@ serve_filter() {
   local image=$1 cmd=$2 rc=0
   shift 2
   _filter_args "$image" "$@"
-  [[ $frontend == file ]] && compare_with_plugin "$image" "$@"
+  [[ $under_filter == file ]] && compare_with_plugin "$image" "$@"
   _filter_plugin "$image"
   _start_below "$image"
   rm -f "$tmp/sock"
@@ -614,7 +590,7 @@ _filter_refuses() {
     esac
   done
   [[ -n $image ]] || fail "refuses: no file= argument"
-  [[ $frontend != nbd ]] || fail "refuses: not through the nbd front end"
+  [[ $under_filter != nbd ]] || fail "refuses: not through the filter over the nbd plugin"
   _filter_args "$image" "${rest[@]}"
   _filter_plugin "$image"
   QED_NBDKIT_TIMEOUT=8 qed_nbdkit -U "$tmp/sock" --filter="$filter" "${_below[@]}" "${_fargs[@]}" \

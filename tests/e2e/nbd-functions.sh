@@ -1,85 +1,65 @@
-# Helpers for the tests of backing files on NBD servers.  Source after
-# functions.sh:
+# The preamble of the tests of backing files on NBD servers, and their helpers.
+# Source it instead of functions.sh (it sources that, with the same arguments):
+#
+#   source "$(dirname "$0")/nbd-functions.sh" "$@"
 #
 #   start_base NAME NBDKIT-ARGS...  serve NBDKIT-ARGS (a plain nbdkit: file, memory
-#                                   ... plugin) on $tmp/NAME.sock in the background
-#   base_uri NAME                   its URI, nbd+unix:///?socket=$tmp/NAME.sock
+#                                   ... plugin) on $tmp/NAME.sock in the background;
+#                                   its URI is $(bg_uri NAME)
 #   start_tcp_base NAME NBDKIT-ARGS... the same on a free TCP port of 127.0.0.1
 #   base_port NAME                  that port
-#   stop_base NAME [SIGNAL]         stop it (TERM by default; nbdkit then waits for
-#                                   its clients: stop the plugin first)
+#   stop_bg NAME [SIGNAL]           stop it (functions.sh; TERM by default: nbdkit
+#                                   then waits for its clients: stop the plugin first)
+#   $net                            allow-backing=network, the key these tests serve with
 #   status_counts LOG               block status requests and extents sent, from
 #                                   the logfile of a base served with --filter=log
 #
 # Every base still running when the test exits is killed.  The bases are plain
 # nbdkit processes: no sanitizer preload, whatever the build.
 
+source "$(dirname "${BASH_SOURCE[0]}")/functions.sh" "$@"
+
 requires nbdkit file --version
 requires nbdkit memory --version
 
-declare -A _base_pid=()
+net=allow-backing=network
 
-base_uri() { echo "nbd+unix:///?socket=$tmp/$1.sock"; }
-
-start_base() {
-  local name=$1 i
-  shift
-  rm -f "$tmp/$name.sock"
-  nbdkit -f --exit-with-parent -U "$tmp/$name.sock" "$@" 2>>"$tmp/$name.log" &
-  _base_pid[$name]=$!
-  # nbdkit binds, then listens: wait until a client gets an answer.
+# _start_base NAME URI NBDKIT-ARGS...: nbdkit NBDKIT-ARGS in the background, its
+# stderr appended to $tmp/NAME.log, registered as NAME (stop_bg); returns once a
+# client at URI gets an answer (nbdkit binds, then listens).
+_start_base() {
+  local name=$1 uri=$2 i
+  shift 2
+  nbdkit -f --exit-with-parent "$@" 2>>"$tmp/$name.log" &
+  _bg_started "$name" $!
   for ((i = 0; i < 200; i++)); do
-    if nbdinfo --size "$(base_uri "$name")" >/dev/null 2>&1; then
+    if nbdinfo --size "$uri" >/dev/null 2>&1; then
       return 0
     fi
-    kill -0 "${_base_pid[$name]}" 2>/dev/null || break
+    kill -0 "$(bg_pid "$name")" 2>/dev/null || break
     sleep 0.05
   done
   cat "$tmp/$name.log" >&2
   fail "base server $name (nbdkit $*) did not start"
 }
 
+start_base() {
+  local name=$1
+  shift
+  rm -f "$tmp/$name.sock"
+  _start_base "$name" "$(bg_uri "$name")" -U "$tmp/$name.sock" "$@"
+}
+
 declare -A _base_port=()
 base_port() { echo "${_base_port[$1]}"; }
 
 start_tcp_base() {
-  local name=$1 port i
+  local name=$1 port
   shift
   port=$(/usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   _base_port[$name]=$port
-  nbdkit -f --exit-with-parent -i 127.0.0.1 -p "$port" "$@" 2>>"$tmp/$name.log" &
-  _base_pid[$name]=$!
-  for ((i = 0; i < 200; i++)); do
-    if nbdinfo --size "nbd://127.0.0.1:$port" >/dev/null 2>&1; then
-      return 0
-    fi
-    kill -0 "${_base_pid[$name]}" 2>/dev/null || break
-    sleep 0.05
-  done
-  cat "$tmp/$name.log" >&2
-  fail "base server $name (nbdkit -p $port $*) did not start"
+  _start_base "$name" "nbd://127.0.0.1:$port" -i 127.0.0.1 -p "$port" "$@"
 }
-
-stop_base() {
-  local name=$1 sig=${2:-TERM} pid=${_base_pid[$1]:-} i
-  [[ -n $pid ]] || return 0
-  kill "-$sig" "$pid" 2>/dev/null || true
-  for ((i = 0; i < 200; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.05
-  done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-  unset "_base_pid[$name]"
-}
-
-_stop_bases() {
-  local name
-  for name in "${!_base_pid[@]}"; do
-    kill -KILL "${_base_pid[$name]}" 2>/dev/null || true
-  done
-}
-trap '_nbd_rc=$?; _stop_bases; _cleanup "$_nbd_rc"' EXIT
 
 # sparse_base FILE SIZE "OFFSET-MiB COUNT-MiB"...: a sparse file of SIZE bytes with
 # random data in the given MiB ranges and holes elsewhere.

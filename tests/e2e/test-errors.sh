@@ -25,7 +25,7 @@ must_refuse() {
   echo "== $what"
   refuses file="$file" || fail "$what: nbdkit did not refuse $file cleanly"
   # The filter names the image by where it reads it from, not by a file name.
-  [[ $frontend == plugin ]] || set -- "$@" "$filter_image_name"
+  ! through_filter || set -- "$@" "$filter_image_name"
   local n ok=
   for n in "$@"; do
     if grep -qF -- "$n" "$nbdkit_err"; then ok=1; fi
@@ -115,7 +115,7 @@ must_refuse "backing name outside the header" bname.qed bname.qed
 # without qed-backing= (which would be the user's own words, printed by nbdkit).
 echo "== a backing file name with control characters is printed escaped"
 qemu-img create -q -f qed -u -b $'gone\x1b[31m\nFAKE LOG LINE' -F raw ctl.qed 1M
-if [[ $frontend == plugin ]]; then
+if ! through_filter; then
   refuses file=ctl.qed || fail "an image over a missing backing file was served"
 else
   rm -f ran "$tmp/sock"
@@ -216,7 +216,7 @@ poke big.qed $OFF_SIZE 8 9223372036854777856  # 2^63 + 2048, valid for QED
 must_refuse "image over 2^63-1 bytes" big.qed big.qed
 grep -q 'larger than NBD can serve' "$nbdkit_err" || fail "the refusal does not say why"
 
-if [[ $frontend == plugin ]]; then
+if ! through_filter; then
   echo "== create=true with backing= and allow-backing=false leaves nothing behind"
   rm -f nob.qed
   refuses file=nob.qed create=true size=1M backing=good.qed allow-backing=false ||

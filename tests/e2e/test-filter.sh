@@ -376,7 +376,7 @@ l1=$(peek dirty.qed 40 8)
 l2=$(peek dirty.qed "$l1" 8)
 poke dirty.qed $((l2 + 8)) 8 $(( ($(stat -c %s dirty.qed) / 4096 + 5) * 4096 ))
 dsum=$(sha256sum dirty.qed)
-QED_FRONTEND=file compare_with_plugin dirty.qed
+compare_with_plugin dirty.qed
 serve 'nbdinfo "$uri" >/dev/null' --filter="$filter" file dirty.qed qed-check=report ||
   fail "qed-check=report on a dirty image"
 # An entry past the end of the file is what a crash leaves: information, not an error.

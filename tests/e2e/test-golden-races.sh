@@ -11,22 +11,19 @@
 #   - stream-rate is a promise: the bytes copied per second, measured from the
 #     base's log timestamps and from the stream's own report, stay within it.
 # The seed is random unless QED_WRITE_SEED is set.
-here=$(cd "$(dirname "$0")" && pwd)
-source "$here/functions.sh" "$@"
-source "$here/nbd-functions.sh"
+source "$(dirname "$0")/nbd-functions.sh" "$@"
 requires /usr/bin/python3 -c 'import nbd'
 
 seed=${QED_WRITE_SEED:-$(( (RANDOM << 15 | RANDOM) % 1000000 ))}
 nreq=${QED_WRITE_REQUESTS:-2000}
 echo "test-golden-races: seed $seed (rerun with QED_WRITE_SEED=$seed), $nreq requests per image"
-MiB=$((1 << 20))
 
 # The base: 24 MiB + 1024 bytes, random data with holes, in memory behind NBD.
 base_size=$((24 * MiB + 1024))
 sparse_base base.raw "$base_size" "0 6" "9 7" "20 4"
 dd if=/dev/urandom of=base.raw bs=1024 seek=$((24 * 1024)) count=1 conv=notrunc status=none
 start_base base --filter=log memory "$base_size" logfile="$tmp/base.log"
-base=$(base_uri base)
+base=$(bg_uri base)
 nbdcopy base.raw "$base" || fail "filling the base"
 
 # standalone_or_wait URI: (inside --run) waits until new clients are told the
@@ -58,7 +55,7 @@ echo "== kill -9 mid-stream"
 rm -f k.qed
 qemu-img create -q -f qed -b "$base" -F raw k.qed "$base_size"
 before=$(read_bytes base.log)
-serve_named k -- file=k.qed allow-backing=network stream=true stream-rate=8M
+serve_bg k -- file=k.qed allow-backing=network stream=true stream-rate=8M
 sleep 1.5
 stop_bg k KILL
 first=$(($(read_bytes base.log) - before))
@@ -66,7 +63,7 @@ echo "fetched before the kill: $first bytes"
 ((first > 0)) || fail "the stream copied nothing before the kill"
 /usr/bin/python3 "$here/write_qemu_check.py" k.qed --allow-leaks --allow-dirty || fail "qemu-img check after kill -9"
 before=$(read_bytes base.log)
-serve_named k2 -- file=k.qed allow-backing=network stream=true
+serve_bg k2 -- file=k.qed allow-backing=network stream=true
 wait_line "$tmp/k2.err" 'stream: done: the image is standalone' 120
 stop_bg k2
 second=$(($(read_bytes base.log) - before))
@@ -81,8 +78,8 @@ qemu-img compare -q -f qed -F raw k.qed base.raw || fail "kill -9 and resume: co
 echo "== the base killed mid-stream"
 start_base fb -r file base.raw
 rm -f b.qed
-qemu-img create -q -f qed -b "$(base_uri fb)" -F raw b.qed "$base_size"
-serve_named b -- file=b.qed allow-backing=network stream=true stream-rate=4M
+qemu-img create -q -f qed -b "$(bg_uri fb)" -F raw b.qed "$base_size"
+serve_bg b -- file=b.qed allow-backing=network stream=true stream-rate=4M
 # A whole cluster written first: it needs no base.
 head -c 65536 /dev/urandom >mine.bin
 cp base.raw want.raw
@@ -92,7 +89,7 @@ import nbd, sys
 h = nbd.NBD(); h.connect_uri(sys.argv[1])
 h.pwrite(open("mine.bin", "rb").read(), 100 * 65536); h.flush(); h.shutdown()' "$(bg_uri b)"
 sleep 1
-stop_base fb KILL
+stop_bg fb KILL
 wait_line "$tmp/b.err" 'stream: paused, the backing file failed' 60
 /usr/bin/python3 -c '
 import nbd, sys
@@ -104,7 +101,7 @@ start_base fb -r file base.raw
 wait_line "$tmp/b.err" 'stream: resumed' 60
 wait_line "$tmp/b.err" 'stream: done: the image is standalone' 120
 stop_bg b
-stop_base fb
+stop_bg fb
 qemu-img check -q b.qed || fail "qemu-img check after the base came back"
 qemu-img compare -q -f qed -F raw b.qed want.raw || fail "base killed and restarted: content"
 
@@ -114,7 +111,7 @@ rm -f r.qed
 qemu-img create -q -f qed -b "$base" -F raw r.qed "$base_size"
 before=$(read_bytes base.log)
 t0=$(date +%s.%N)
-serve_named r -- file=r.qed allow-backing=network stream=true stream-rate=4M
+serve_bg r -- file=r.qed allow-backing=network stream=true stream-rate=4M
 wait_line "$tmp/r.err" 'stream: done: the image is standalone' 120
 t1=$(date +%s.%N)
 stop_bg r
@@ -140,5 +137,5 @@ print("the stream's own report: " + last.strip())
 if reported > rate * 1.05:
     sys.exit("the stream reports %.0f bytes/s" % reported)
 PY
-stop_base base
+stop_bg base
 echo "test-golden-races: PASS (seed $seed)"

@@ -9,12 +9,9 @@
 # qemu-img info shows no backing file, qemu-img check is clean and qemu-img compare
 # matches the base with the write.  Refusals: -r, allow-backing=false, stream-rate
 # without stream.
-here=$(cd "$(dirname "$0")" && pwd)
-source "$here/functions.sh" "$@"
-source "$here/nbd-functions.sh"
+source "$(dirname "$0")/nbd-functions.sh" "$@"
 requires /usr/bin/python3 -c 'import nbd'
 
-MiB=$((1 << 20))
 size=$((24 * MiB))
 # Data in [0, 2M), [5M, 6M), [16M, 24M); holes elsewhere (more than a quarter).
 sparse_base base.raw $size "0 2" "5 1" "16 8"
@@ -79,7 +76,7 @@ for cs in 4K 64K 2M 64M; do
     args=()
     backing=$tmp/base.raw
     if [[ $where == nbd ]]; then
-      backing=$(base_uri nbdbase)
+      backing=$(bg_uri nbdbase)
       args=(allow-backing=network)
     fi
 
@@ -111,7 +108,7 @@ for cs in 4K 64K 2M 64M; do
     dd if=mine.bin of=want.raw bs=1 seek=$((17 * MiB + 11)) conv=notrunc status=none
     serve_rw st.qed "/usr/bin/python3 -c '$write_mine' \"\$uri\" $((17 * MiB + 11))" \
       "${args[@]}" || fail "writing before the stream ($cs, $where)"
-    serve_named st -- file=st.qed stream=true "${args[@]}"
+    serve_bg st -- file=st.qed stream=true "${args[@]}"
     wait_line "$tmp/st.err" 'stream: done: the image is standalone' 120
     described=$(nbdinfo "$(bg_uri st)")
     grep -q 'description:.*standalone' <<<"$described" ||

@@ -22,7 +22,7 @@ img=$(realpath img.qed) base=$(realpath base.raw)
 writer="100 101 103 201 203" reader="100 201 203"
 
 echo "== nbdkit serving read-write: locked as a writer from start-up, the base as a reader"
-serve_named rw -- file="$img"
+serve_bg rw -- file="$img"
 [[ $(locked_bytes "$img") == "$writer" ]] || fail "image locks: '$(locked_bytes "$img")'"
 [[ $(locked_bytes "$base") == "$reader" ]] || fail "backing file locks: '$(locked_bytes "$base")'"
 cp img.qed img.before
@@ -50,7 +50,7 @@ qemu-img info "$img" >/dev/null || fail "qemu-img info after nbdkit exited"
 qemu-io -f raw -c 'write -P 0x11 0 4k' "$base" >/dev/null || fail "writing the base after exit"
 
 echo "== kill -9 of nbdkit releases the locks"
-serve_named rw -- file="$img"
+serve_bg rw -- file="$img"
 qemu_locked_out qemu-img info "$img"
 stop_bg rw KILL
 [[ -z $(locked_bytes "$img") && -z $(locked_bytes "$base") ]] || fail "locks left after kill -9"
@@ -75,8 +75,8 @@ stop_bg qio
 wait_locked "$img" ""
 
 echo "== two read-only servers share the image with QEMU's readers"
-serve_named ro1 -r -- file="$img"
-serve_named ro2 -r -- file="$img"
+serve_bg ro1 -r -- file="$img"
+serve_bg ro2 -r -- file="$img"
 [[ $(locked_bytes "$img") == "$reader" ]] || fail "read-only locks: '$(locked_bytes "$img")'"
 nbdinfo --size "$(bg_uri ro1)" >/dev/null && nbdinfo --size "$(bg_uri ro2)" >/dev/null ||
   fail "nbdinfo on the read-only servers"

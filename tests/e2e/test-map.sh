@@ -9,14 +9,6 @@ source "$(dirname "$0")/functions.sh" "$@"
 requires qemu-nbd --version
 requires /usr/bin/python3 -c 'import nbd'
 
-qio() {
-  local image=$1 c args=() out
-  shift
-  for c in "$@"; do args+=(-c "$c"); done
-  out=$(qemu-io -f qed "${args[@]}" "$image" 2>&1) || { echo "$out" >&2; fail "qemu-io on $image"; }
-  if grep -q 'failed' <<<"$out"; then echo "$out" >&2; fail "qemu-io on $image"; fi
-}
-
 # normalise: "start length type" lines, adjacent ranges of the same type merged.
 normalise() {
   awk '
@@ -107,7 +99,7 @@ map_geometry() {
       "write -z $(( l2span + 2 * cs )) $(( 2 * cs ))"
     )
   fi
-  qio "$img" "${cmds[@]}"
+  qio_ok "$img" "${cmds[@]}"
   compare_with_qemu "$img"
   rm -f "$img"
 }
@@ -119,11 +111,10 @@ map_geometry 2097152 8  $(( 50 * 1024 * 1024 + 512 ))
 # Backing files: where the overlay is unallocated, the backing file's status shows
 # through; the overlay's zero clusters hide backing data.
 echo "== qed backing file"
-KiB=1024
 qemu-img create -q -f qed -o cluster_size=65536 base.qed 2M
-qio base.qed "write -P 0x77 0 $((192 * KiB))" "write -z $((256 * KiB)) $((64 * KiB))"
+qio_ok base.qed "write -P 0x77 0 $((192 * KiB))" "write -z $((256 * KiB)) $((64 * KiB))"
 qemu-img create -q -f qed -o cluster_size=65536 -b base.qed -F qed top.qed 2M
-qio top.qed "write -z 0 $((64 * KiB))" "write -P 0x78 $((512 * KiB)) $((64 * KiB))"
+qio_ok top.qed "write -z 0 $((64 * KiB))" "write -P 0x78 $((512 * KiB)) $((64 * KiB))"
 cat >expected.map <<EOM
 0 $((64 * KiB)) 3
 $((64 * KiB)) $((128 * KiB)) 0
@@ -138,7 +129,7 @@ check_req_one top.qed plugin.map
 echo "== raw backing file (fully written, shorter than the overlay)"
 head -c $((128 * KiB)) /dev/zero | tr '\0' '\132' >base.raw
 qemu-img create -q -f qed -o cluster_size=65536 -b base.raw -F raw rtop.qed 1M
-qio rtop.qed "write -z $((64 * KiB)) $((64 * KiB))" "write -P 0x79 $((256 * KiB)) 100"
+qio_ok rtop.qed "write -z $((64 * KiB)) $((64 * KiB))" "write -P 0x79 $((256 * KiB)) 100"
 cat >expected.map <<EOM
 0 $((64 * KiB)) 0
 $((64 * KiB)) $((192 * KiB)) 3

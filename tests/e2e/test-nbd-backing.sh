@@ -12,13 +12,9 @@
 #   - a QED base served raw by nbdkit, itself on an NBD base (a chain of URIs), and a
 #     remote image naming a local file (refused);
 #   - a base that only takes small, aligned requests (blocksize-policy filter).
-here=$(cd "$(dirname "$0")" && pwd)
-source "$here/functions.sh" "$@"
-source "$here/nbd-functions.sh"
+source "$(dirname "$0")/nbd-functions.sh" "$@"
 requires qemu-nbd --version
 
-MiB=$((1024 * 1024))
-net=allow-backing=network
 
 # The base: 20 MiB + 1536 bytes (a multiple of 512, not of the cluster size), data
 # and holes; overlays are 32 MiB, so their tail lies beyond the base.
@@ -26,7 +22,7 @@ base_size=$((20 * MiB + 1536))
 sparse_base base.raw "$base_size" "0 4" "8 4"
 dd if=/dev/urandom of=base.raw bs=512 seek=$((20 * 2048)) count=3 conv=notrunc status=none
 start_base base -r file base.raw
-uri=$(base_uri base)
+uri=$(bg_uri base)
 
 echo "== an overlay made by qemu-img, written by qemu-io"
 qemu-img create -q -f qed -b "$uri" -F raw top.qed 32M
@@ -115,22 +111,22 @@ echo "== a QED base served raw by nbdkit, on its own NBD base (a chain of URIs)"
 # Every server here is on this host, which the remote image may name only with
 # allow-local-exports=true (test-nbd-trust.sh has the refusals).
 start_base mid -r file top.qed   # top.qed (over the raw base) is now a base itself
-qemu-img create -q -f qed -b "$(base_uri mid)" -F qed chain.qed
+qemu-img create -q -f qed -b "$(bg_uri mid)" -F qed chain.qed
 qio_ok chain.qed 'write -P 0x71 64k 64k' 'write -P 0x72 21M 4k'
 check_same_as_qemu chain.qed $net allow-local-exports=true
 serve_ro chain.qed 'nbdinfo "$uri"' $net allow-local-exports=true >chain.info ||
   fail "nbdinfo on the chain"
-grep -qF "backing file: qed $(base_uri mid)" chain.info || fail "the description does not show the QED base"
+grep -qF "backing file: qed $(bg_uri mid)" chain.info || fail "the description does not show the QED base"
 grep -qF "backing file: raw $uri" chain.info || fail "the description does not show the raw base below it"
 # create=true over the QED export probes its format and takes its virtual size.
-serve_rw probed.qed 'nbdinfo --size "$uri" >size.out' create=true backing="$(base_uri mid)" $net \
+serve_rw probed.qed 'nbdinfo --size "$uri" >size.out' create=true backing="$(bg_uri mid)" $net \
   allow-local-exports=true ||
   fail "create=true over a QED export"
 [[ $(cat size.out) -eq $((32 * MiB)) ]] || fail "create=true over a QED export: size $(cat size.out)"
 # A remote image whose backing file is a local name is refused.
 qemu-img create -q -f qed -b "$tmp/base.raw" -F raw local.qed 8M
 start_base local -r file local.qed
-qemu-img create -q -f qed -u -b "$(base_uri local)" -F qed over-local.qed 8M
+qemu-img create -q -f qed -u -b "$(bg_uri local)" -F qed over-local.qed 8M
 refuses file=over-local.qed $net || fail "a remote image naming a local file was opened"
 grep -qF "backing file \"$tmp/base.raw\": a local backing file below a network image is refused" \
   "$nbdkit_err" || fail "the refusal of a local name below a network image is not explained"
@@ -140,14 +136,14 @@ cp base.raw small.raw
 truncate -s $((20 * MiB)) small.raw   # a whole number of 4 KiB blocks
 start_base small -r --filter=blocksize-policy file small.raw blocksize-minimum=4096 \
   blocksize-maximum=65536 blocksize-error-policy=error
-qemu-img create -q -f qed -o cluster_size=4096 -u -b "$(base_uri small)" -F raw small.qed 32M
+qemu-img create -q -f qed -o cluster_size=4096 -u -b "$(bg_uri small)" -F raw small.qed 32M
 qio_ok small.qed 'write -P 0x81 8193 100' 'write -P 0x82 1M 1'
 # qemu 7.2 asserts in block status on such a server (block/nbd.c
 # nbd_client_co_block_status): the reference comes from a copy on the plain base.
 rm -f small.ref small.out
 cp small.qed small-ref.qed
 start_base small-plain -r file small.raw
-qemu-img rebase -q -u -f qed -b "$(base_uri small-plain)" -F raw small-ref.qed
+qemu-img rebase -q -u -f qed -b "$(bg_uri small-plain)" -F raw small-ref.qed
 qemu_raw small-ref.qed small.ref
 serve_ro small.qed "nbdcopy --request-size=$((4 * MiB)) \"\$uri\" small.out" $net ||
   fail "nbdcopy with 4 MiB requests over a base limited to 64 KiB"
@@ -160,5 +156,5 @@ for off, n in ((1, 1), (4095, 2), (5000, 100), (65536 - 7, 65536 + 20), (8191, 2
 serve_ro small.qed "/usr/bin/python3 -c '$py' \"\$uri\" small.ref" $net ||
   fail "unaligned reads over a base with a 4 KiB minimum block size"
 
-stop_base small; stop_base small-plain; stop_base local; stop_base mid; stop_base base
+stop_bg small; stop_bg small-plain; stop_bg local; stop_bg mid; stop_bg base
 echo "PASS"

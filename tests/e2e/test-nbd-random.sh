@@ -9,22 +9,19 @@
 #
 # The seed is random unless QED_WRITE_SEED is set; QED_WRITE_REQUESTS sets the
 # number of requests per image (3000).
-here=$(cd "$(dirname "$0")" && pwd)
-source "$here/functions.sh" "$@"
-source "$here/nbd-functions.sh"
+source "$(dirname "$0")/nbd-functions.sh" "$@"
 requires /usr/bin/python3 -c 'import nbd'
 
 seed=${QED_WRITE_SEED:-$(( (RANDOM << 15 | RANDOM) % 1000000 ))}
 nreq=${QED_WRITE_REQUESTS:-3000}
 echo "test-nbd-random: seed $seed (rerun with QED_WRITE_SEED=$seed), $nreq requests per image"
-MiB=$((1024 * 1024))
 
 # The base: 24 MiB + 1024 bytes in memory, random data with two holes.
 base_size=$((24 * MiB + 1024))
 sparse_base seed.raw "$base_size" "0 6" "9 7" "20 4"
 dd if=/dev/urandom of=seed.raw bs=1024 seek=$((24 * 1024)) count=1 conv=notrunc status=none
 start_base base memory "$base_size"
-base=$(base_uri base)
+base=$(bg_uri base)
 nbdcopy seed.raw "$base" || fail "filling the base"
 rm -f seed.raw
 
@@ -32,14 +29,13 @@ rm -f seed.raw
 # write into a zero cluster copies backing data around it: QEMU bug 4), mirrored
 # in REF.
 qemu_writes() {
-  local image=$1 ref=$2 w out args=() t=()
+  local image=$1 ref=$2 w writes=() t=()
   shift 2
   for w in "$@"; do
     read -r -a t <<<"$w"
-    args+=(-c "write -P ${t[2]} ${t[0]} ${t[1]}")
+    writes+=("write -P ${t[2]} ${t[0]} ${t[1]}")
   done
-  out=$(qemu-io -f qed "${args[@]}" "$image" 2>&1) || { echo "$out" >&2; fail "qemu-io write on $image"; }
-  if grep -q 'failed' <<<"$out"; then echo "$out" >&2; fail "qemu-io write on $image"; fi
+  qio_ok "$image" "${writes[@]}"
   # shellcheck disable=SC2068
   /usr/bin/python3 "$here/write_random.py" --patch "$ref" $@
 }
@@ -75,5 +71,5 @@ run_case() {
 
 run_case c64k $((32 * MiB + 512)) 65536 4
 run_case c4k-t8 $((40 * MiB + 1536)) 4096 8
-stop_base base
+stop_bg base
 echo "test-nbd-random: PASS (seed $seed)"

@@ -9,13 +9,9 @@
 #     connection each), whatever the servers serve;
 #   - the whole chain's L2 caches stay within one cache-size: nbdkit's peak memory
 #     over a chain of 8 QED images (VmHWM), every table of every level read.
-here=$(cd "$(dirname "$0")" && pwd)
-source "$here/functions.sh" "$@"
-source "$here/nbd-functions.sh"
+source "$(dirname "$0")/nbd-functions.sh" "$@"
 requires /usr/bin/python3 -c 'import nbd'
 
-MiB=$((1024 * 1024))
-net=allow-backing=network
 allow_hint='must not reach this host (allow-local-exports=true allows it)'
 
 # A private export on this host, and a "golden" QED image on a server that names it.
@@ -31,13 +27,13 @@ connects_at_start=$(connects)   # start_tcp_base's own probe
 golden() {
   qemu-img create -q -f qed -u -b "$2" -F raw "$1.qed" 2M
   start_base "$1" -r file "$1.qed"
-  qemu-img create -q -f qed -u -b "$(base_uri "$1")" -F qed "top-$1.qed" 2M
+  qemu-img create -q -f qed -u -b "$(bg_uri "$1")" -F qed "top-$1.qed" 2M
 }
 
 echo "== below a network image, a Unix socket of this host is refused"
-golden unix "$(base_uri private)"
+golden unix "$(bg_uri private)"
 refuses file=top-unix.qed $net || fail "a remote image reached a private Unix socket"
-grep -qF "$(base_uri private): refused: a Unix socket, which is on this host; a backing file named by an image on an NBD server $allow_hint" \
+grep -qF "$(bg_uri private): refused: a Unix socket, which is on this host; a backing file named by an image on an NBD server $allow_hint" \
   "$nbdkit_err" || fail "the refusal does not name the URI, the reason and the key"
 serve_ro top-unix.qed 'nbdcopy "$uri" out.raw' $net allow-local-exports=true ||
   fail "allow-local-exports=true did not allow it"
@@ -53,7 +49,7 @@ for host in 127.0.0.1 127.1 2130706433 0x7f.0.0.1 localhost LocalHost. a.localho
   refuses file="top-lo$n.qed" $net || fail "a remote image reached nbd://$host:$port/"
   grep -qF "nbd://$host:$port/: refused: " "$nbdkit_err" || fail "nbd://$host:$port/: no refusal"
   grep -qF "$allow_hint" "$nbdkit_err" || fail "nbd://$host:$port/: the key is not named"
-  stop_base "lo$n"
+  stop_bg "lo$n"
 done
 (( $(connects) == connects_at_start )) || fail "a refused name reached the server"
 echo "ok: $n spellings refused, none connected"
@@ -73,21 +69,21 @@ if [[ -n $alias ]]; then
   serve_ro top-alias.qed 'nbdcopy "$uri" out.raw' $net allow-local-exports=true ||
     fail "allow-local-exports=true did not allow nbd://$alias:$port/"
   cmp private.raw out.raw || fail "allowed, the chain over nbd://$alias:$port/ reads wrongly"
-  stop_base alias
+  stop_bg alias
 else
   echo "(no name in /etc/hosts maps to this host beyond the well-known ones: skipped)"
 fi
 
 echo "== the whole chain holds at most backing-connections NBD backing files"
 # top.qed -> nbd mid1 (qed) -> nbd mid2 (qed) -> nbd private (raw): three NBD files.
-qemu-img create -q -f qed -u -b "$(base_uri private)" -F raw mid2.qed 2M
+qemu-img create -q -f qed -u -b "$(bg_uri private)" -F raw mid2.qed 2M
 start_base mid2 -r file mid2.qed
-qemu-img create -q -f qed -u -b "$(base_uri mid2)" -F qed mid1.qed 2M
+qemu-img create -q -f qed -u -b "$(bg_uri mid2)" -F qed mid1.qed 2M
 start_base mid1 -r file mid1.qed
-qemu-img create -q -f qed -u -b "$(base_uri mid1)" -F qed top-chain.qed 2M
+qemu-img create -q -f qed -u -b "$(bg_uri mid1)" -F qed top-chain.qed 2M
 refuses file=top-chain.qed $net allow-local-exports=true backing-connections=2 ||
   fail "a chain of three NBD files was opened with backing-connections=2"
-grep -qF "$(base_uri private): refused: the backing chain already holds 2 NBD backing files, which keep all the connections it may hold (one each; backing-connections=2)" \
+grep -qF "$(bg_uri private): refused: the backing chain already holds 2 NBD backing files, which keep all the connections it may hold (one each; backing-connections=2)" \
   "$nbdkit_err" || fail "the refusal does not say why, or which key"
 serve_ro top-chain.qed 'nbdcopy "$uri" out.raw' $net allow-local-exports=true backing-connections=3 ||
   fail "a chain of three NBD files with backing-connections=3"
@@ -114,8 +110,8 @@ for level in 0 1 2 3 4 5 6 7; do
   qio_ok "lvl$level.qed" "${cmds[@]}"
   prev=lvl$level.qed
 done
-serve_bg -r lvl7.qed cache-size=4M
-kib() { awk -v k="$1:" '$1 == k { print $2 }' "/proc/$(served_pid)/status"; }
+serve_bg lvl7 -r -- file=lvl7.qed cache-size=4M
+kib() { awk -v k="$1:" '$1 == k { print $2 }' "/proc/$(bg_pid lvl7)/status"; }
 before=$(kib VmHWM)
 py='import nbd, sys
 h = nbd.NBD(); h.connect_uri(sys.argv[1])
@@ -123,9 +119,9 @@ for rounds in range(2):
     for span in range(32):
         assert h.pread(512, span << 31) == b"\x01" * 512, span
 h.shutdown()'
-/usr/bin/python3 -c "$py" "$served_uri" || fail "reads through the chain of eight images"
+/usr/bin/python3 -c "$py" "$(bg_uri lvl7)" || fail "reads through the chain of eight images"
 after=$(kib VmHWM)
-stop_served || fail "nbdkit failed"
+stop_bg lvl7 || fail "nbdkit failed"
 grew=$(((after - before) / 1024))
 echo "nbdkit peak memory: $((before / 1024)) MiB after opening the chain, $((after / 1024)) MiB" \
   "after reading every table of its 8 levels (+$grew MiB; cache-size=4M for the chain)"

@@ -5,15 +5,12 @@
 # shows no backing file, check is clean, compare matches the base.  Usage errors
 # exit 2; a missing image exits 1 naming it.
 #   test-qed-stream.sh PLUGIN QED-STREAM
-here=$(cd "$(dirname "$0")" && pwd)
 tool=$(realpath -- "$2")
-source "$here/functions.sh" "$1"
-source "$here/nbd-functions.sh"
+source "$(dirname "$0")/nbd-functions.sh" "$1"
 
-MiB=$((1 << 20))
 sparse_base base.raw $((24 * MiB)) "0 6" "9 7" "20 4"
 start_base base -r --filter=log file base.raw logfile="$tmp/base.log"
-qemu-img create -q -f qed -b "$(base_uri base)" -F raw top.qed $((24 * MiB))
+qemu-img create -q -f qed -b "$(bg_uri base)" -F raw top.qed $((24 * MiB))
 
 "$tool" top.qed allow-backing=network stream-rate=4M 2>first.err &
 pid=$!
@@ -39,7 +36,7 @@ info=$(qemu-img info top.qed)
 ! grep -qi 'backing file' <<<"$info" || fail "qemu-img info still shows a backing file"
 qemu-img check -q top.qed || fail "qemu-img check"
 qemu-img compare -q -f qed -F raw top.qed base.raw || fail "content"
-stop_base base
+stop_bg base
 
 rc=0
 "$tool" 2>usage.err || rc=$?

@@ -5,16 +5,6 @@
 # header_size=2 image.  The plugin must read exactly what qemu-img convert gives.
 source "$(dirname "$0")/functions.sh" "$@"
 
-qio() {
-  local image=$1 c args=() out
-  shift
-  for c in "$@"; do args+=(-c "$c"); done
-  out=$(qemu-io -f qed "${args[@]}" "$image" 2>&1) || { echo "$out" >&2; fail "qemu-io on $image"; }
-  if grep -q 'failed' <<<"$out"; then echo "$out" >&2; fail "qemu-io on $image"; fi
-}
-
-KiB=1024 MiB=$((1024 * 1024))
-
 mkdir chain
 # base.raw: 100 KiB + 123 bytes (not even a multiple of 512) of a byte pattern.
 /usr/bin/python3 - chain/base.raw <<'PY'
@@ -27,7 +17,7 @@ PY
 # mid.qed: 1 MiB, 4 KiB clusters, raw backing named relative to the image directory.
 (cd chain && qemu-img create -q -f qed -o cluster_size=4096,table_size=4 \
    -b base.raw -F raw mid.qed 1M)
-qio chain/mid.qed \
+qio_ok chain/mid.qed \
   "write -P 0x41 $((10 * KiB + 100)) 300"      `# COW: rest of cluster from base` \
   "write -z $((20 * KiB)) $((8 * KiB))"        `# zero clusters hiding base data` \
   "write -z $((40 * KiB + 10)) 20"             `# zero bytes inside a COW cluster` \
@@ -39,7 +29,7 @@ qio chain/mid.qed \
 # top.qed: 2 MiB (larger than mid.qed), 64 KiB clusters, qed backing, relative name.
 (cd chain && qemu-img create -q -f qed -o cluster_size=65536,table_size=4 \
    -b mid.qed -F qed top.qed 2M)
-qio chain/top.qed \
+qio_ok chain/top.qed \
   "write -P 0x51 $((64 * KiB + 7)) 1000"       `# COW from mid and base` \
   "write -z $((128 * KiB)) $((64 * KiB))"      `# zero cluster over mid data` \
   "write -P 0x52 $((MiB - 300)) 600"           `# straddles the end of mid.qed` \
@@ -56,12 +46,12 @@ mkdir elsewhere
 
 echo "== absolute backing name"
 qemu-img create -q -f qed -b "$tmp/chain/mid.qed" -F qed abs.qed 1536K
-qio abs.qed "write -P 0x61 $((3 * KiB)) $((70 * KiB))" "write -z $((256 * KiB)) $((64 * KiB))"
+qio_ok abs.qed "write -P 0x61 $((3 * KiB)) $((70 * KiB))" "write -z $((256 * KiB)) $((64 * KiB))"
 check_same_as_qemu abs.qed
 
 echo "== raw backing file shorter than the image, directly under the top"
 (cd chain && qemu-img create -q -f qed -b base.raw -F raw short.qed 1M)
-qio chain/short.qed "write -P 0x71 $((96 * KiB)) $((8 * KiB))"
+qio_ok chain/short.qed "write -P 0x71 $((96 * KiB)) $((8 * KiB))"
 check_same_as_qemu chain/short.qed
 # Beyond the end of base.raw the export must be zeroes.
 serve_ro chain/short.qed \
@@ -95,7 +85,7 @@ with open(sys.argv[1], "wb") as f:
     f.write(b"\0")
 PY
 qemu-img info chain/hs2.qed >/dev/null || fail "qemu cannot open the hand-made header_size=2 image"
-qio chain/hs2.qed \
+qio_ok chain/hs2.qed \
   "write -P 0x81 $((5 * KiB + 3)) $((9 * KiB))" \
   "write -z $((64 * KiB)) $((16 * KiB))" \
   "write -P 0x82 $((MiB + 4 * KiB)) 100"

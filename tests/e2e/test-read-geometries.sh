@@ -6,17 +6,6 @@
 # them (QEMU 7.2 bug), so there is no oracle; the unit tests cover it.
 source "$(dirname "$0")/functions.sh" "$@"
 
-# qio IMAGE CMD...: run qemu-io commands on IMAGE, quietly.
-qio() {
-  local image=$1 c args=()
-  shift
-  for c in "$@"; do args+=(-c "$c"); done
-  local out
-  out=$(qemu-io -f qed "${args[@]}" "$image" 2>&1) || { echo "$out" >&2; fail "qemu-io on $image"; }
-  # qemu-io reports some failures only in its output.
-  if grep -q 'failed' <<<"$out"; then echo "$out" >&2; fail "qemu-io on $image"; fi
-}
-
 # test_geometry CLUSTER_SIZE TABLE_SIZE IMAGE_SIZE
 test_geometry() {
   local cs=$1 ts=$2 size=$3
@@ -50,13 +39,13 @@ test_geometry() {
   if (( 2 * l2span + 2 * cs < size )); then
     cmds+=("write -P 0x99 $(( 2 * l2span - cs - 3 )) $(( cs + 10 ))")
   fi
-  qio "$img" "${cmds[@]}"
+  qio_ok "$img" "${cmds[@]}"
   check_same_as_qemu "$img"
   # A small L2 cache forces evictions on the way.
   QED_QUICK=1 check_same_as_qemu "$img" cache-size=$(( 2 * ts * cs ))
 
   # Overwrite everything again with a second pass (allocated clusters reused).
-  qio "$img" "write -P 0xa5 $(( cs / 2 )) $(( 6 * cs ))" "write -z 0 $(( 2 * cs ))"
+  qio_ok "$img" "write -P 0xa5 $(( cs / 2 )) $(( 6 * cs ))" "write -z 0 $(( 2 * cs ))"
   check_same_as_qemu "$img"
   rm -f "$img"
 }
