@@ -175,7 +175,7 @@ bool Runner::record() {
     th.join();
   auto log = fault_->records();
   for (size_t i = 0; i < log.size(); i++)
-    if (log[i].op == FileOp::kMarker)
+    if (log[i].kind == crash::Kind::kMarker)
       marker_index_[log[i].offset] = i;
   states_ = std::make_unique<crash::CrashStates>(initial_, std::move(log));
   image_.reset();  // never closed: the power went out
