@@ -3,9 +3,9 @@
 #include <cstring>
 
 #include "byte_order.h"
+#include "crash_model.h"
 #include "format.h"
 #include "geometry.h"
-#include "crash_model.h"
 #include "table.h"
 
 namespace qsys {
