@@ -79,8 +79,9 @@
 // Copies from the backing file (copy-on-read, the stream: image_copy.cpp) are
 // allocating writes into an image with a backing file, and follow its rule.
 // Detaching the backing file (image_copy.cpp) flushes, then rewrites the
-// header sector without it and syncs; from then on the image has no backing
-// file and follows that rule.
+// header sector without it and syncs. Later flushes of that open keep the
+// backing-file order (backing_ stays set; it is only no longer read), more
+// than the now standalone image needs.
 //
 // The worst a crash leaves is leaked clusters (reserved space that no entry
 // reached) and, without a backing file, entries past the end of the file.
