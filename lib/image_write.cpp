@@ -2,51 +2,73 @@
 //
 // Crash-safety protocol
 // ---------------------
+// This is the mechanism, stated once; what it promises the user (what a flush
+// makes durable, what a crash can cost) is CRASH SAFETY in
+// plugin/nbdkit-qed-plugin.pod, and the crash tests check exactly that.
+//
 // Clusters are only ever appended: a new cluster (data or L2 table) is
 // reserved at the end of the file, in space the file has never held data in,
-// and never moves while the image is open. (A failed allocation at the end
-// gives its space back: the file is cut back first, and the next write-back
-// syncs that before any entry points there again.) Between flushes,
-// allocating writes only touch clusters that nothing on disk points at, and
-// in-place writes only touch data clusters. Metadata reaches the disk only in
-// flush() and in write-backs (below), as dirty 512-byte sectors, each of which
-// a crash leaves old or new.
+// and never moves while the image is open. Between flushes, allocating writes
+// only touch clusters that nothing on disk points at, and in-place writes,
+// zeroes and trims only touch data clusters. Metadata (L2 and L1 entries, new
+// tables) reaches the disk only in flush() and in write-backs (below), as
+// dirty 512-byte sectors, each of which a crash leaves old or new.
 //
 // What a crash can leave, entry by entry, when an entry reached the disk but
 // what it points at did not:
 //   - an L2 entry pointing at a data cluster whose data is not on disk reads
-//     that cluster's bytes: zeroes, since the space never held data (or past
-//     the end of the file: then it reads as unallocated);
+//     that cluster's bytes: zeroes, since the space never held data, or, when
+//     the file's growth did not reach the disk either, nothing: the entry
+//     points past the end of the file and reads as unallocated;
 //   - an L1 entry pointing at a table that is not on disk sees an empty table
 //     (zeroes, or past the end of the file: no table): every cluster of it
 //     unallocated.
-// Without a backing file, zeroes and "unallocated" are exactly the old content
-// of a cluster that was unallocated or a zero cluster before: nothing needs
-// ordering, and one sync covers data and metadata together. This rests on the
-// file system never showing stale blocks in space a file never wrote, true of
-// ext4 in its default ordered mode, XFS and btrfs. With a backing file an
-// entry pointing at unwritten data would hide the backing data, so the data
-// must be durable before its L2 entry is written: a sync, then L2 and L1
-// together (a missing new table reads as unallocated: the old content), then
-// a sync.
+// This rests on the file system never showing stale blocks in space a file
+// never wrote: true of ext4 in its default ordered mode, XFS and btrfs.
+//
+// The ordering rules that follow:
+//   - Without a backing file, zeroes and "unallocated" are exactly the old
+//     content of a cluster that was unallocated or a zero cluster before. So
+//     nothing needs ordering: data, the file's growth and the entries may
+//     reach the disk in any order, and one sync covers them together. An
+//     entry left past the end of the file is the trace of an interrupted
+//     flush; NEED_CHECK is set in such an image (below), and the check at the
+//     next read-write open drops the entry.
+//   - With a backing file, "unallocated" means the backing file's data, which
+//     zeroes would hide. So the data, and the file size that reaches it, are
+//     durable (a sync) before any L2 entry pointing at them is written. L2 and
+//     L1 sectors then go out together: a new L1 entry whose table did not
+//     reach the disk sees an empty table, every cluster unallocated, which is
+//     the old content.
+//   - Space given back (a failed allocation at the end of the file: the file
+//     is cut back) held that write's data. The cut is made durable (a sync)
+//     before any entry points into that space again, whether or not there is
+//     a backing file.
+//   - NEED_CHECK is durable in the header before the first metadata write of
+//     an open, so that the next open, ours or QEMU's, checks the image.
+//   - No entry is written that points past the end of the file as this
+//     process sees it (the file is grown, or the flush fails, first): an entry
+//     past the end is only ever the trace of a crash.
 //
 // So flush() is:
-//   1. The first time per open: set NEED_CHECK in the header, durable before
-//      the first metadata write (so that the next open, ours or QEMU's,
-//      checks, and drops entries past the end of the file). Without a backing
-//      file that costs a sync of its own; with one, step 3's covers it.
+//   1. The first time per open: set NEED_CHECK in the header. Without a
+//      backing file that costs a sync of its own; with one, step 3's covers
+//      it.
 //   2. Make the file reach every reserved cluster. Usually the data writes
 //      already did, and nothing is called; otherwise it grows with headroom,
 //      so that the next flushes find it long enough. Then make sure the file
 //      reaches every table and cluster the entries about to be written name
-//      (one fstat): an entry past the end would be dropped by the next open
-//      as the trace of an interrupted write, with the data this flush
-//      acknowledges (issue 18: a cut that raced an extension once made the
-//      extension believe the file was long enough).
-//   3. With a backing file (or after space was given back): sync.
+//      (one fstat), else fail before writing any: an entry past the end would
+//      be dropped by the next open as the trace of an interrupted write, with
+//      the data this flush acknowledges (issue 18: a cut that raced an
+//      extension once made the extension believe the file was long enough).
+//      Failing here changed nothing on disk.
+//   3. With a backing file, or after space was given back: sync.
 //   4. Write the dirty L2 sectors and L1 sectors; sync.
-// A flush with nothing written since the last sync does nothing. Steady
-// state: one sync per flush without a backing file, two with one.
+// A flush with nothing written since the last sync does nothing; one with
+// writes but no metadata to write is one sync. Steady state: one sync per
+// flush without a backing file, two with one. A FUA request is the request
+// followed by a flush.
 //
 // A write-back is a flush without the sync of step 4: it runs when changes
 // take too much of the cache (see "Dirty metadata is bounded" below), to free
@@ -54,9 +76,19 @@
 // crash needs (NEED_CHECK first; data before the entries pointing at it); the
 // next flush syncs what it wrote, even when nothing else changed since.
 //
-// The worst case after a crash is leaked clusters: reserved space that no
-// entry reached. NEED_CHECK tells the next open that leaks may exist; close()
-// clears it after a final flush, and cuts the file back to what is in use.
+// Copies from the backing file (copy-on-read, the stream: image_copy.cpp) are
+// allocating writes into an image with a backing file, and follow its rule.
+// Detaching the backing file (image_copy.cpp) flushes, then rewrites the
+// header sector without it and syncs. Later flushes of that open keep the
+// backing-file order (backing_ stays set; it is only no longer read), more
+// than the now standalone image needs.
+//
+// The worst a crash leaves is leaked clusters (reserved space that no entry
+// reached) and, without a backing file, entries past the end of the file.
+// NEED_CHECK tells the next open that they may exist. close() flushes, cuts
+// the file back to what is in use (sync), then clears NEED_CHECK (sync),
+// unless leaks inside the file remain for the check to give back or the file
+// was found short of what the entries name (image.cpp).
 //
 // Failures. After a failed sync or metadata write, the kernel may already
 // have dropped the dirty pages, and a later sync that succeeds would not mean

@@ -10,8 +10,8 @@
 // asks the backing file for extents: holes cost no read and no allocation
 // (they read as zeroes with or without it); clusters with data go through
 // Image::copy_up(), the copy-on-read path, which is where races with client
-// writes are settled. Then Image::detach_backing(): sync, header without the
-// backing file, durable.
+// writes are settled. Then Image::detach_backing(): a flush, the header
+// rewritten without the backing file, a sync.
 //
 // Workers: kWorkers threads copy at once, each taking the next window of the
 // disk (a step's worth), so that reads from the backing file and writes to

@@ -27,15 +27,15 @@
 #include <string>
 #include <thread>
 
+#include "byte_order.h"
 #include "crash_model.h"
 #include "create.h"
-#include "byte_order.h"
+#include "fault_file.h"
 #include "image.h"
 
 namespace {
 
 using qed::FaultFile;
-using qed::FileOp;
 
 constexpr uint64_t kUnit = 512;
 constexpr uint64_t kZeroId = 0;
@@ -175,7 +175,7 @@ bool Runner::record() {
     th.join();
   auto log = fault_->records();
   for (size_t i = 0; i < log.size(); i++)
-    if (log[i].op == FileOp::kMarker)
+    if (log[i].kind == crash::Kind::kMarker)
       marker_index_[log[i].offset] = i;
   states_ = std::make_unique<crash::CrashStates>(initial_, std::move(log));
   image_.reset();  // never closed: the power went out
@@ -360,7 +360,7 @@ uint64_t Runner::verify(uint64_t states, uint64_t &violations) {
       if (violations == 1 && std::getenv("QED_CRASH_DEBUG")) {
         const auto &log = states_->log();
         for (size_t i = 0; i < log.size() && i < k + 5; i++)
-          std::fprintf(stderr, "  log %zu: op %d off %llu len %llu first8 %llx\n", i, int(log[i].op),
+          std::fprintf(stderr, "  log %zu: op %d off %llu len %llu first8 %llx\n", i, int(log[i].kind),
                        (unsigned long long)log[i].offset, (unsigned long long)log[i].length,
                        log[i].bytes.size() >= 8 ? (unsigned long long)qed::load_le64(log[i].bytes.data()) : 0ull);
       }

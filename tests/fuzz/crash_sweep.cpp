@@ -25,7 +25,7 @@ std::string sweep_structure(crash::CrashStates &states, bool has_backing, uint64
   // the points between syncs add nothing; the one where nothing survived is
   // the previous point's where all did.
   for (size_t k = 0; k <= log.size(); k++) {
-    if (k < log.size() && log[k].op != qed::FileOp::kSync)
+    if (k < log.size() && log[k].kind != crash::Kind::kSync)
       continue;
     for (int i = 0; i <= kTornStatesPerSync; i++) {
       const bool all = i == 0;

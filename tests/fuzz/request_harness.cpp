@@ -347,7 +347,7 @@ void Harness::crash_and_reopen(const Request &r, bool record_next) {
   const size_t log_size = log.size();
   std::map<uint64_t, size_t> at;  // marker tag -> log index
   for (size_t i = 0; i < log.size(); i++)
-    if (log[i].op == qed::FileOp::kMarker)
+    if (log[i].kind == crash::Kind::kMarker)
       at[log[i].offset] = i;
   // Mostly at the end of the log (every request returned); else anywhere.
   const size_t k = r.point < 128 ? log.size() : size_t(r.point - 128) * (log.size() + 1) / 128;

@@ -143,7 +143,7 @@ void FaultFile::set_recording(bool on) {
   recording_ = on;
 }
 
-void FaultFile::add_marker(uint64_t tag) { record(FileOp::kMarker, tag, 0, nullptr); }
+void FaultFile::add_marker(uint64_t tag) { record(crash::Kind::kMarker, tag, 0, nullptr); }
 
 std::vector<FaultFile::Record> FaultFile::records() const {
   std::lock_guard lock(mu_);
@@ -173,11 +173,11 @@ Status FaultFile::maybe_fail(FileOp op) {
   return Status::io_error(inner_->name() + ": injected failure", p.err);
 }
 
-void FaultFile::record(FileOp op, uint64_t offset, uint64_t length, const void *bytes) {
+void FaultFile::record(crash::Kind kind, uint64_t offset, uint64_t length, const void *bytes) {
   std::lock_guard lock(mu_);
   if (!recording_)
     return;
-  Record r{op, offset, length, {}};
+  Record r{kind, offset, length, {}};
   if (bytes)
     r.bytes.assign(static_cast<const uint8_t *>(bytes),
                    static_cast<const uint8_t *>(bytes) + length);
@@ -193,7 +193,7 @@ Status FaultFile::pwrite(const void *buf, size_t count, uint64_t offset) {
   QED_RETURN_IF_ERROR(maybe_fail(FileOp::kWrite));
   std::lock_guard order(order_mu_);
   QED_RETURN_IF_ERROR(inner_->pwrite(buf, count, offset));
-  record(FileOp::kWrite, offset, count, buf);
+  record(crash::Kind::kWrite, offset, count, buf);
   return Status::ok();
 }
 
@@ -201,7 +201,7 @@ Status FaultFile::sync() {
   QED_RETURN_IF_ERROR(maybe_fail(FileOp::kSync));
   std::lock_guard order(order_mu_);
   QED_RETURN_IF_ERROR(inner_->sync());
-  record(FileOp::kSync, 0, 0, nullptr);
+  record(crash::Kind::kSync, 0, 0, nullptr);
   return Status::ok();
 }
 
@@ -209,7 +209,7 @@ Status FaultFile::truncate(uint64_t size) {
   QED_RETURN_IF_ERROR(maybe_fail(FileOp::kTruncate));
   std::lock_guard order(order_mu_);
   QED_RETURN_IF_ERROR(inner_->truncate(size));
-  record(FileOp::kTruncate, size, 0, nullptr);
+  record(crash::Kind::kTruncate, size, 0, nullptr);
   return Status::ok();
 }
 
@@ -220,7 +220,7 @@ Status FaultFile::extend_to(uint64_t size, uint64_t preferred) {
   auto before = inner_->size();
   QED_RETURN_IF_ERROR(inner_->extend_to(size, preferred));
   if (!before || *before < size)
-    record(FileOp::kExtend, std::max(size, preferred), 0, nullptr);
+    record(crash::Kind::kExtend, std::max(size, preferred), 0, nullptr);
   return Status::ok();
 }
 
@@ -228,7 +228,7 @@ Status FaultFile::punch_hole(uint64_t offset, uint64_t count) {
   QED_RETURN_IF_ERROR(maybe_fail(FileOp::kPunch));
   std::lock_guard order(order_mu_);
   QED_RETURN_IF_ERROR(inner_->punch_hole(offset, count));
-  record(FileOp::kPunch, offset, count, nullptr);
+  record(crash::Kind::kPunch, offset, count, nullptr);
   return Status::ok();
 }
 
@@ -236,7 +236,7 @@ Status FaultFile::zero_range(uint64_t offset, uint64_t count) {
   QED_RETURN_IF_ERROR(maybe_fail(FileOp::kZero));
   std::lock_guard order(order_mu_);
   QED_RETURN_IF_ERROR(inner_->zero_range(offset, count));
-  record(FileOp::kZero, offset, count, nullptr);
+  record(crash::Kind::kZero, offset, count, nullptr);
   return Status::ok();
 }
 

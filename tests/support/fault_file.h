@@ -10,6 +10,7 @@
 #include <shared_mutex>
 #include <vector>
 
+#include "crash_record.h"
 #include "file.h"
 
 namespace qed {
@@ -47,19 +48,17 @@ private:
   std::vector<std::unique_ptr<uint8_t[]>> chunks_;   // guarded by mu_; null: zeroes
 };
 
-enum class FileOp { kRead, kWrite, kSync, kTruncate, kExtend, kPunch, kZero, kMarker, kCount };
+// The operations failures are armed for (what a FaultFile records is a
+// crash::Record: crash_record.h).
+enum class FileOp { kRead, kWrite, kSync, kTruncate, kExtend, kPunch, kZero, kCount };
 
 // Wraps another file. Failures are armed per operation kind; a recorded
 // operation is appended to the log only if it reached the inner file.
 // mu_ guards the log and the failure plan.
 class FaultFile final : public File {
 public:
-  struct Record {
-    FileOp op;
-    uint64_t offset;
-    uint64_t length;
-    std::vector<uint8_t> bytes;  // for kWrite
-  };
+  // What the log holds: the model's record (one type for every recorder).
+  using Record = crash::Record;
 
   explicit FaultFile(std::shared_ptr<File> inner) : inner_(std::move(inner)) {}
 
@@ -96,7 +95,7 @@ private:
     int err = EIO;
   };
   Status maybe_fail(FileOp op);
-  void record(FileOp op, uint64_t offset, uint64_t length, const void *bytes);
+  void record(crash::Kind kind, uint64_t offset, uint64_t length, const void *bytes);
 
   std::shared_ptr<File> inner_;
   std::atomic<uint64_t> calls_[size_t(FileOp::kCount)] = {};

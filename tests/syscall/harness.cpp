@@ -15,7 +15,8 @@
 //
 // crash: for each scenario (geometry, backing file or not, cache size, with
 // or without a working fallocate) the workload is recorded, then crash states
-// are built from the log (replay.h) and each is checked (state_check.cpp):
+// are built from the log (the crash model of tests/support/crash_model.h,
+// over the effects of the logged calls) and each is checked (state_check.cpp):
 // the engine's check finds nothing but leaks before any repair; the image
 // opens read-write with check=auto (repairing); every byte reads back as the
 // oracle (oracle.h) allows; the check after repair finds nothing but leaks.
@@ -39,8 +40,8 @@
 // than record k-1's t_end. The crash state "at k" (ops [0, k) made, none of
 // the later ones) therefore describes a power loss at any moment t between
 // the end of op k-1 and the start of op k; we pick t just before
-// ops[k].t_start (Replay::crash_time_bound). For that moment:
-//   - the disk holds what replay.h says: synced ops as made, later ops
+// ops[k].t_start (check_crash_states). For that moment:
+//   - the disk holds what crash_model.h says: synced ops as made, later ops
 //     present, absent or torn;
 //   - a flush whose reply the client had received before t (reply_ns < t)
 //     was acknowledged before the crash, because the server sent the reply
@@ -59,7 +60,7 @@
 // binding, and every choice within the interval is a moment a real power
 // loss could hit, so no state is held to a promise the server had not made
 // yet: there are no false violations from timing. The one assumption is the
-// page-cache model of replay.h (barriers are fsync/fdatasync, sectors of 512
+// page-cache model of crash_model.h (barriers are fsync/fdatasync, sectors of 512
 // bytes are atomic, nothing else is ordered).
 //
 // faults: for each scenario, a run per injected failure (each call kind:
@@ -71,7 +72,7 @@
 // be served. Then nbdkit stops, and the image, reopened by the plugin in a
 // fresh nbdkit and in process, must pass the checks above with every flushed
 // byte intact; a few crash states of each fault run are checked too (after a
-// failed fdatasync, replay.h lets the unsynced writes vanish for good, as
+// failed fdatasync, crash_model.h lets the unsynced writes vanish for good, as
 // Linux may). A file left clean (NEED_CHECK clear) must not end in clusters
 // nothing uses: no open would ever reclaim them. One more run per scenario
 // makes the last of 8 allocating writes fail with ENOSPC, right before close.
@@ -173,10 +174,10 @@ int crash_mode(const Tools &tools, const std::string &dir) {
     // The file as nbdkit left it (no crash) first, then the crash states.
     checker.check(*rec, rec->final_file, UINT64_MAX, "final file (no crash)", true, true);
     check_crash_states(*rec, checker, total / scenarios.size(), seed + i, 10, 60);
-    recorded_ops += rec->replay->size();
+    recorded_ops += rec->effects.size();
     requests += rec->work.requests.size();
     std::printf("%-22s %5zu requests, %5zu calls logged, %5llu crash states, %llu violations\n",
-                s.name.c_str(), rec->work.requests.size(), rec->replay->size(),
+                s.name.c_str(), rec->work.requests.size(), rec->effects.size(),
                 (unsigned long long)(c.states - states_before),
                 (unsigned long long)(c.violations - before));
     std::fflush(stdout);

@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "recording.h"
-#include "replay.h"
+#include "crash_model.h"
 #include "syscall_log.h"
 
 namespace qsys {
@@ -191,11 +191,7 @@ int preload_selftest(const Tools &tools, const std::string &self, const std::str
   // Replaying the log must give the file.
   std::vector<uint8_t> file;
   check(read_file(f, file), "cannot read " + f);
-  std::vector<Op> effects;
-  for (const Op &op : ops)
-    if (op.matters())
-      effects.push_back(op);
-  Replay replay({}, effects);
+  const crash::CrashStates replay({}, effects_of(ops_that_matter(ops)));
   check(replay.final_file() == file, "replaying the log does not give the file");
   const CallCounts c = count_calls(ops);
   check(c.write == 5 && c.sync == 2 && c.fallocate == 2 && c.ftruncate == 1 && c.injected == 3,

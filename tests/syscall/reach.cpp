@@ -3,9 +3,9 @@
 #include <cstring>
 
 #include "byte_order.h"
+#include "crash_model.h"
 #include "format.h"
 #include "geometry.h"
-#include "replay.h"
 #include "table.h"
 
 namespace qsys {
@@ -44,11 +44,12 @@ std::string entry_past_end(const std::vector<uint8_t> &file) {
 std::string entry_past_end_in_log(const std::vector<uint8_t> &initial,
                                   const std::vector<Op> &ops) {
   std::vector<uint8_t> file = initial;
+  const crash::Log effects = effects_of(ops);
   for (size_t k = 0; k < ops.size(); k++) {
     const Op &op = ops[k];
     if (!op.ok() || !op.matters() || op.kind == QSYS_SYNC)
       continue;
-    Replay::apply(file, op);
+    crash::CrashStates::apply(file, effects[k]);
     if (std::string bad = entry_past_end(file); !bad.empty())
       return "after call " + std::to_string(k) + " of " + std::to_string(ops.size()) + " (" +
              op.describe() + "): " + bad;

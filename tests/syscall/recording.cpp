@@ -138,11 +138,10 @@ bool record(const Tools &tools, const Scenario &s, const Driver &drive, uint64_t
   if (!read_log(rec.log, rec.log_ops, why))
     return false;
   rec.counts = count_calls(rec.log_ops);
-  std::vector<Op> ops;
-  for (const Op &op : rec.log_ops)
-    if (op.matters())
-      ops.push_back(op);
-  rec.replay = std::make_unique<Replay>(rec.initial_file, std::move(ops));
+  rec.effects = ops_that_matter(rec.log_ops);
+  rec.states = std::make_unique<crash::CrashStates>(rec.initial_file, effects_of(rec.effects));
+  for (Op &op : rec.effects)
+    op.data = {};  // the states hold the bytes
   if (!read_file(rec.image, rec.final_file)) {
     why = "cannot read " + rec.image;
     return false;
@@ -150,8 +149,8 @@ bool record(const Tools &tools, const Scenario &s, const Driver &drive, uint64_t
   // The log must explain the file: if replaying it does not give the file
   // nbdkit left, the preload missed a call (or the replay is wrong) and no
   // crash state built from it means anything.
-  if (rec.replay->final_file() != rec.final_file) {
-    why = s.name + ": replaying " + std::to_string(rec.replay->size()) +
+  if (rec.states->final_file() != rec.final_file) {
+    why = s.name + ": replaying " + std::to_string(rec.effects.size()) +
           " logged calls does not give the file nbdkit left (" +
           std::to_string(rec.final_file.size()) + " bytes)";
     return false;

@@ -11,9 +11,9 @@
 #include <utility>
 #include <vector>
 
+#include "crash_model.h"
 #include "oracle.h"
 #include "process.h"
-#include "replay.h"
 #include "syscall_log.h"
 #include "workload.h"
 
@@ -46,7 +46,10 @@ struct Recording {
   std::vector<uint8_t> initial_file, initial_disk, final_file;
   WorkloadResult work;
   std::vector<Op> log_ops;         // every record
-  std::unique_ptr<Replay> replay;  // of the records that matter
+  // The records that matter (Op::matters(), without their data), and the
+  // crash states of their effects: state k is a crash before effects[k].
+  std::vector<Op> effects;
+  std::unique_ptr<crash::CrashStates> states;
   std::unique_ptr<Oracle> oracle;  // refers to work.requests
   std::vector<std::string> violations;
   CallCounts counts;

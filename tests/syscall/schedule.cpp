@@ -18,11 +18,11 @@
 #include <vector>
 
 #include "check.h"
+#include "crash_model.h"
 #include "fault_file.h"
 #include "format.h"
 #include "oracle.h"
 #include "reach.h"
-#include "replay.h"
 #include "recording.h"
 
 namespace qsys {
@@ -186,12 +186,9 @@ Outcome run_plan(const Tools &tools, const std::string &dir, const Plan &p) {
     out.violations.push_back("the log: " + why);
   } else {
     out.logged = rec.log_ops.size();
-    std::vector<Op> effects;
-    for (const Op &op : rec.log_ops)
-      if (op.matters())
-        effects.push_back(op);
+    const std::vector<Op> effects = ops_that_matter(rec.log_ops);
     // The log must explain the file, or its states mean nothing.
-    if (Replay(rec.initial_file, effects).final_file() != rec.final_file)
+    if (crash::CrashStates(rec.initial_file, effects_of(effects)).final_file() != rec.final_file)
       out.violations.push_back("replaying the log does not give the file nbdkit left");
     else if (std::string bad = entry_past_end_in_log(rec.initial_file, effects); !bad.empty())
       out.violations.push_back("while serving, an entry pointed past the end of the file " +

@@ -12,6 +12,8 @@
 namespace qsys {
 namespace {
 
+using crash::Survival;
+
 std::string first_problem(const qed::CheckReport &r) {
   return r.problems.empty() ? r.summary() : r.problems.front();
 }
@@ -87,17 +89,18 @@ const char *survival_name(Survival s) {
 
 // Crash points: two thirds uniform over the log, a third just after a
 // successful barrier (inside the metadata writes of a flush), increasing.
-std::vector<size_t> crash_points(const Replay &replay, uint64_t count, std::mt19937_64 &rng) {
+std::vector<size_t> crash_points(const std::vector<Op> &ops, uint64_t count,
+                                 std::mt19937_64 &rng) {
   std::vector<size_t> barriers;
-  for (size_t i = 0; i < replay.size(); i++)
-    if (replay.ops()[i].is_barrier() && replay.ops()[i].ok())
+  for (size_t i = 0; i < ops.size(); i++)
+    if (ops[i].is_barrier() && ops[i].ok())
       barriers.push_back(i);
   std::vector<size_t> points;
   for (uint64_t i = 0; i < count; i++) {
     if (i % 3 == 2 && !barriers.empty())
-      points.push_back(std::min(replay.size(), barriers[rng() % barriers.size()] + 1 + rng() % 4));
+      points.push_back(std::min(ops.size(), barriers[rng() % barriers.size()] + 1 + rng() % 4));
     else
-      points.push_back(size_t(rng() % (replay.size() + 1)));
+      points.push_back(size_t(rng() % (ops.size() + 1)));
   }
   std::sort(points.begin(), points.end());
   return points;
@@ -200,15 +203,17 @@ void check_crash_states(Recording &rec, StateChecker &checker, uint64_t count, u
                         uint64_t qemu_every, uint64_t nbdkit_every) {
   std::mt19937_64 rng(seed ^ 0x5eed);
   uint64_t i = 0;
-  for (size_t k : crash_points(*rec.replay, count, rng)) {
+  const std::vector<Op> &ops = rec.effects;
+  for (size_t k : crash_points(ops, count, rng)) {
     const unsigned r = unsigned(rng() % 10);
     const Survival survival = r < 2 ? Survival::kNone : r < 4 ? Survival::kAll : Survival::kRandom;
-    const bool lose = rec.replay->failed_barrier_before(k) && (rng() & 1);
-    std::vector<uint8_t> bytes = rec.replay->state_at(k, survival, lose, rng);
-    const uint64_t bound = rec.replay->crash_time_bound(k);
-    std::string label = "crash at " + std::to_string(k) + "/" + std::to_string(rec.replay->size()) +
-                        " (before " +
-                        (k < rec.replay->size() ? rec.replay->ops()[k].describe() : "the end") +
+    const bool lose = rec.states->failed_sync_before(k) && (rng() & 1);
+    std::vector<uint8_t> bytes = rec.states->state_at(k, survival, rng, lose);
+    // An upper bound of the moment of the crash: the start of the call it
+    // came before (no call was made after it), or never.
+    const uint64_t bound = k < ops.size() ? ops[k].t_start : UINT64_MAX;
+    std::string label = "crash at " + std::to_string(k) + "/" + std::to_string(ops.size()) +
+                        " (before " + (k < ops.size() ? ops[k].describe() : "the end") +
                         "), later calls " + survival_name(survival) +
                         (lose ? ", unsynced writes before the failed sync lost" : "");
     i++;

@@ -1,6 +1,9 @@
 #include "syscall_log.h"
 
+#include <linux/falloc.h>
+
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 
@@ -68,6 +71,75 @@ bool read_log(const std::string &path, std::vector<Op> &ops, std::string &error)
     return false;
   }
   return true;
+}
+
+namespace {
+
+[[noreturn]] void unsupported(const Op &op) {
+  std::fprintf(stderr, "syscall replay: cannot model %s\n", op.describe().c_str());
+  std::exit(2);
+}
+
+crash::Record effect_of(const Op &op) {
+  using crash::Kind;
+  crash::Record r;
+  r.offset = op.offset;
+  r.length = op.length;
+  if (!op.ok()) {
+    r.kind = op.is_barrier() ? Kind::kFailedSync : Kind::kNoEffect;
+    return r;
+  }
+  switch (op.kind) {
+  case QSYS_WRITE:
+    if (op.data.size() != op.length)
+      unsupported(op);  // the log was made without data (QED_SYSCALL_DATA=0)
+    r.kind = Kind::kWrite;
+    r.bytes = op.data;
+    break;
+  case QSYS_TRUNCATE:
+    r.kind = Kind::kTruncate;
+    break;
+  case QSYS_FALLOCATE: {
+    const uint32_t zeroes = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE;
+    if (op.mode & ~uint32_t(FALLOC_FL_KEEP_SIZE | zeroes))
+      unsupported(op);
+    const bool keep_size = op.mode & FALLOC_FL_KEEP_SIZE;
+    if (op.mode & zeroes) {
+      r.kind = keep_size ? Kind::kPunch : Kind::kZero;
+    } else if (keep_size) {
+      r.kind = Kind::kNoEffect;  // blocks past the end: nothing a read shows
+    } else {
+      r.kind = Kind::kExtend;
+      r.offset = op.offset + op.length;
+    }
+    break;
+  }
+  case QSYS_SYNC:
+    r.kind = op.is_barrier() ? Kind::kSync : Kind::kNoEffect;
+    break;
+  default:
+    r.kind = Kind::kNoEffect;
+    break;
+  }
+  return r;
+}
+
+}  // namespace
+
+crash::Log effects_of(const std::vector<Op> &ops) {
+  crash::Log log;
+  log.reserve(ops.size());
+  for (const Op &op : ops)
+    log.push_back(effect_of(op));
+  return log;
+}
+
+std::vector<Op> ops_that_matter(const std::vector<Op> &ops) {
+  std::vector<Op> out;
+  for (const Op &op : ops)
+    if (op.matters())
+      out.push_back(op);
+  return out;
 }
 
 uint64_t CallCounts::of(const std::string &kind) const {

@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "crash_record.h"
 #include "syscall_record.h"
 
 namespace qsys {
@@ -34,6 +35,17 @@ struct Op {
 // Reads every record of the log at `path`. False (with `error` set) if the
 // file cannot be read or a record is malformed.
 bool read_log(const std::string &path, std::vector<Op> &ops, std::string &error);
+
+// What each of `ops` did to the file, one record per op in the same order (so
+// that crash position k is "before ops[k]"), for the crash model
+// (crash_model.h). A failed call changed nothing (the preload makes injected
+// failures without the real call), but a failed barrier may have dropped dirty
+// pages; sync_file_range is no barrier. Stops the harness (exit 2) on a call
+// the model cannot express: a write logged without its bytes
+// (QED_SYSCALL_DATA=0), a fallocate mode the engine does not use.
+crash::Log effects_of(const std::vector<Op> &ops);
+// The ops of `ops` that matter (Op::matters()), in order.
+std::vector<Op> ops_that_matter(const std::vector<Op> &ops);
 
 // How many calls of each fault kind the log holds (as the preload counts
 // them for QED_SYSCALL_FAIL), and how many of them were injected failures.

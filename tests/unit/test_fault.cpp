@@ -5,7 +5,9 @@
 
 #include <algorithm>
 #include <cstring>
+#include <random>
 
+#include "crash_model.h"
 #include "image.h"
 #include "test_util.h"
 
@@ -383,37 +385,6 @@ TEST_CASE("a fua write into a cluster allocated since the last flush is durable"
   CHECK(got[5 * kCs] == 0x31);  // the FUA write needs the allocation durable
 }
 
-namespace {
-
-// Rebuilds a file from `base` and the first `cut` records, applying every
-// record up to the last sync before the cut and a random subset of the
-// mutations after it.
-std::vector<uint8_t> replay(const std::vector<uint8_t> &base,
-                            const std::vector<qed::FaultFile::Record> &log, size_t cut,
-                            qt::Rng &r) {
-  size_t last_sync = 0;  // records before this index are durable
-  for (size_t i = 0; i < cut; i++)
-    if (log[i].op == FileOp::kSync)
-      last_sync = i + 1;
-  qed::MemoryFile f(base);
-  for (size_t i = 0; i < cut; i++) {
-    const auto &rec = log[i];
-    if (i >= last_sync && r.chance(50))
-      continue;
-    switch (rec.op) {
-    case FileOp::kWrite: (void)f.pwrite(rec.bytes.data(), rec.bytes.size(), rec.offset); break;
-    case FileOp::kExtend: (void)f.extend_to(rec.offset); break;
-    case FileOp::kTruncate: (void)f.truncate(rec.offset); break;
-    case FileOp::kPunch: (void)f.punch_hole(rec.offset, rec.length); break;
-    case FileOp::kZero: (void)f.zero_range(rec.offset, rec.length); break;
-    default: break;
-    }
-  }
-  return f.contents();
-}
-
-}  // namespace
-
 TEST_CASE("crash at any point: the image opens and holds everything flushed before") {
   qt::TempDir dir;
   qt::MemImage mi = qt::MemImage::create(dir, "crash.qed", kSize, kCs, kTs);
@@ -443,12 +414,15 @@ TEST_CASE("crash at any point: the image opens and holds everything flushed befo
   }
   const auto log = mi.last_fault->records();
   REQUIRE(log.size() > 20);
-  qt::Rng r(123);
+  // Each crash keeps everything up to the last sync before the cut and a
+  // random part of what followed (crash_model.h).
+  crash::CrashStates states(base, log);
+  std::mt19937_64 rng(123);
   std::vector<uint8_t> got;
   int checked = 0;
   for (size_t cut = 0; cut <= log.size(); cut += (cut < 40 ? 1 : 2)) {
     CAPTURE(cut);
-    const auto bytes = replay(base, log, cut, r);
+    const auto bytes = states.state_at(cut, crash::Survival::kRandom, rng);
     // Entries may point past the end of the file (an allocation that never
     // reached it); they read as unallocated.
     const std::string problem = qt::check_structure(bytes, true);

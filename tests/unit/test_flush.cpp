@@ -23,7 +23,7 @@ constexpr uint64_t kSize = 256ull << 20;
 uint64_t growths(qed::FaultFile &f) {
   const auto log = f.records();
   return uint64_t(std::count_if(log.begin(), log.end(),
-                                [](const auto &r) { return r.op == FileOp::kExtend; }));
+                                [](const auto &r) { return r.kind == crash::Kind::kExtend; }));
 }
 
 // One 4 KiB write into a cluster never written before, at a random offset in
@@ -132,12 +132,12 @@ TEST_CASE("NEED_CHECK is on disk before any table is written") {
   const auto log = mi.last_fault->records();
   bool flag_written = false, flag_durable = false, metadata = false;
   for (const auto &rec : log) {
-    if (rec.op == FileOp::kWrite && rec.offset == 0 && rec.bytes.size() >= 24 &&
+    if (rec.kind == crash::Kind::kWrite && rec.offset == 0 && rec.bytes.size() >= 24 &&
         (qed::load_le64(&rec.bytes[16]) & qed::kFeatureNeedCheck)) {
       flag_written = true;
-    } else if (rec.op == FileOp::kSync) {
+    } else if (rec.kind == crash::Kind::kSync) {
       flag_durable = flag_written;
-    } else if (rec.op == FileOp::kWrite && rec.offset != 0 &&
+    } else if (rec.kind == crash::Kind::kWrite && rec.offset != 0 &&
                std::find(rec.bytes.begin(), rec.bytes.end(), 0) != rec.bytes.end()) {
       // Table sectors: the data written here has no zero byte (fill_pattern).
       metadata = true;

@@ -142,7 +142,7 @@ TEST_CASE("a write-back made for room keeps the crash protocol: no crash shows z
   }
   const crash::Log log = o.mi.last_fault->take_records();
   const auto table_writes = std::count_if(log.begin(), log.end(), [&](const auto &r) {
-    return r.op == FileOp::kWrite && r.length == 512;  // one sector of a table
+    return r.kind == crash::Kind::kWrite && r.length == 512;  // one sector of a table
   });
   CHECK(table_writes >= long(kTables - 2));
   crash::CrashStates states(initial, log);
