@@ -321,7 +321,7 @@ Status Image::close() {
   }
   // Clusters of failed allocations that something after them kept from going
   // back: only the check can give them back, so the next open should run it.
-  if (!short_file && needs_check_on_disk_ && may_mark_clean_ && !meta_->has_interior_leaks())
+  if (!short_file && needs_check_on_disk_ && may_mark_clean_ && !meta_->has_leaked_clusters())
     QED_RETURN_IF_ERROR(mark_clean_locked());
   closed_ = true;  // only now: a failed close can be retried
   return Status::ok();

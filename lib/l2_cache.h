@@ -33,6 +33,7 @@
 #include <memory>
 #include <vector>
 
+#include "dirty_sectors.h"
 #include "status.h"
 #include "table_pool.h"
 
@@ -57,13 +58,12 @@ struct CachedTable {
   uint64_t offset;                  // file offset of the table: the key
   TableBuffer entries;              // the entries that address the image
   std::shared_ptr<LoadLatch> latch; // non-null while loading
-  std::vector<bool> dirty_sectors;  // 512-byte sectors changed since written
-  uint64_t dirty_count = 0;         // set bits in dirty_sectors
+  DirtySectors dirty_sectors;       // sectors changed since written
   unsigned pins = 0;                // pieces of a write-back in progress
   uint64_t charge = 0;              // set by L2Cache::insert (see above)
 
   bool loading() const { return latch != nullptr; }
-  bool dirty() const { return dirty_count != 0; }
+  bool dirty() const { return dirty_sectors.any(); }
   bool evictable() const { return !loading() && !dirty() && pins == 0; }
 
   LruHook lru_hook;

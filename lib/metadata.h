@@ -28,6 +28,13 @@
 // what takes the room. Changes may hold at most half of the budget, so that reads always
 // find room, even after a failed flush left changes that cannot be written.
 //
+// Leaked clusters. Clusters of an allocation that failed (abandon()) go back
+// when they end the file: it is cut back to them. Otherwise something was
+// reserved after them, and they are leaked clusters: space no entry points
+// at, listed in leaked_ and freed when everything after them is freed too.
+// Those left at close keep the image marked NEED_CHECK (Image::close): only
+// the consistency check can reclaim them (check.h).
+//
 // Failures. Every method leaves the state as it was when it fails, whether by
 // a Status or by an exception (std::bad_alloc): memory is allocated before
 // anything changes, and reservations end on every path (Allocation).
@@ -41,6 +48,7 @@
 #include <unordered_set>
 #include <vector>
 
+#include "dirty_sectors.h"
 #include "file.h"
 #include "geometry.h"
 #include "l2_cache.h"
@@ -173,7 +181,7 @@ public:
   // Gives up an allocation and wakes waiters. Its clusters go back when they
   // are at the end of the file (the file is cut back to them, so that no byte
   // of the failed write can show through a later allocation); otherwise they
-  // stay leaked, and has_interior_leaks() says so.
+  // are leaked clusters (see above).
   void abandon(Allocation &allocation) noexcept;
 
   // Turns unallocated clusters at `pos` (cluster aligned) into zero clusters,
@@ -186,9 +194,8 @@ public:
   Writeback take_dirty();
   // Ends a write-back: when it was not written, its sectors are dirty again.
   void finish_writeback(Writeback &writeback, bool written) noexcept;
-  // Whether a failed allocation left clusters that nothing references below
-  // others that are in use (only the consistency check can give them back).
-  bool has_interior_leaks();
+  // Whether failed allocations left leaked clusters (see above).
+  bool has_leaked_clusters();
   // What changes not yet written hold of the budget (L2Cache::held_by_changes).
   uint64_t changes_bytes();
   uint64_t file_end();
@@ -229,8 +236,13 @@ private:
   EntryKind classify(uint64_t entry) const;
   Status invalid_entry(uint64_t entry, uint64_t pos) const;
   void remove_inflight(Inflight &record) noexcept;
-  void give_back(uint64_t host_offset, uint64_t bytes) noexcept;
-  void remember_leak(uint64_t host_offset, uint64_t bytes) noexcept;
+  // Frees the clusters of a failed allocation: the file is cut back to them
+  // (and to leaked clusters that end where they start) when they end it;
+  // otherwise they become leaked clusters.
+  void free_clusters(uint64_t host_offset, uint64_t bytes) noexcept;
+  // Lists leaked clusters (or counts them as unlisted, past kMaxLeaked or
+  // without memory).
+  void add_leaked(uint64_t host_offset, uint64_t bytes) noexcept;
   uint64_t image_clusters_from(uint64_t cluster) const;
   Result<Run> run_in_table(CachedTable *t, uint64_t pos, uint64_t len);
   Run unallocated_run(uint64_t l1_index, uint64_t pos, uint64_t len) const;
@@ -250,7 +262,7 @@ private:
 
   std::mutex mu_;
   std::vector<uint64_t> l1_;              // guarded by mu_
-  std::vector<bool> l1_dirty_sectors_;    // guarded by mu_
+  DirtySectors l1_dirty_sectors_;         // guarded by mu_
   L2Cache cache_;                         // guarded by mu_
   // Signalled whenever the cache holds less: a load ended, a write-back ended.
   std::condition_variable room_cv_;       // waited on with mu_
@@ -263,10 +275,15 @@ private:
   // Tables written by this process; their entries past open_file_size_ are
   // ours, while such entries in older tables are traces of a crash.
   std::unordered_set<uint64_t> session_tables_;  // guarded by mu_
-  // Failed allocations below the end of the file (offset, bytes), kept so that
-  // they can go back once everything after them has (see metadata.cpp).
-  std::vector<std::pair<uint64_t, uint64_t>> abandoned_;  // guarded by mu_
-  bool interior_leak_overflow_ = false;                   // guarded by mu_
+  // Leaked clusters (offset, bytes), see above. Under a run of failures from
+  // several threads at once (a full disk), each failure may find another's
+  // reservation after it, so the list grows with the failures in flight and
+  // shrinks when the last of them goes. Past kMaxLeaked, further ones are
+  // only counted as unlisted: they stay leaked until a check.
+  static constexpr size_t kMaxLeaked = size_t(1) << 20;
+  static constexpr size_t kLeakedReserved = 64;
+  std::vector<std::pair<uint64_t, uint64_t>> leaked_;  // guarded by mu_
+  bool leaked_unlisted_ = false;                       // guarded by mu_
   bool cut_back_since_writeback_ = false;                 // guarded by mu_
 };
 
