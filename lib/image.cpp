@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <iterator>
 
+#include "metadata.h"
 #include "table.h"
 
 namespace qed {

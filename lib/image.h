@@ -26,10 +26,12 @@
 #include "file.h"
 #include "format.h"
 #include "geometry.h"
-#include "metadata.h"
+#include "run.h"
 
 namespace qed {
 
+class Allocation;
+class Metadata;
 class PageBuffer;
 
 // When to run the consistency check at open.
@@ -126,7 +128,7 @@ public:
   // that its disk writes overlap its copying, as a copy tool's do.
   void start_writeback();
   // What the image itself maps at `pos` (not what lies below).
-  Result<Run> lookup(uint64_t pos, uint64_t len) { return meta_->lookup(pos, len); }
+  Result<Run> lookup(uint64_t pos, uint64_t len);
   // The backing file while the image uses one; null once detached.
   BlockSource *backing() const { return below(); }
   // Makes the image standalone once every cluster the backing file has data

@@ -18,6 +18,7 @@
 #include <optional>
 
 #include "image.h"
+#include "metadata.h"
 #include "page_buffer.h"
 
 namespace qed {

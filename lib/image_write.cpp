@@ -74,6 +74,7 @@
 
 #include "byte_order.h"
 #include "image.h"
+#include "metadata.h"
 #include "page_buffer.h"
 
 namespace qed {

@@ -52,17 +52,10 @@
 #include "file.h"
 #include "geometry.h"
 #include "l2_cache.h"
+#include "run.h"
 #include "table.h"
 
 namespace qed {
-
-// What a run of virtual bytes maps to.
-struct Run {
-  enum Kind { kUnallocated, kZero, kData };
-  Kind kind;
-  uint64_t length;       // bytes, > 0
-  uint64_t host_offset;  // kData: file offset of the first byte
-};
 
 // Clusters reserved for one allocating request, from plan_write() to commit()
 // or abandon().

@@ -163,21 +163,21 @@ Status PosixFile::zero_range(uint64_t offset, uint64_t count) {
   return error("zero range", offset, errno);
 }
 
-Result<File::Run> PosixFile::probe_run(uint64_t offset, uint64_t limit) {
+Result<File::Region> PosixFile::probe_run(uint64_t offset, uint64_t limit) {
   off_t data = ::lseek(fd_.get(), off_t(offset), SEEK_DATA);
   if (data < 0) {
     if (errno == ENXIO)  // no data after offset: the rest is a hole
-      return Run{true, limit};
+      return Region{true, limit};
     if (is_unsupported(errno) || errno == EINVAL)
-      return Run{false, limit};
+      return Region{false, limit};
     return error("seek data", offset, errno);
   }
   if (uint64_t(data) > offset)
-    return Run{true, std::min(limit, uint64_t(data) - offset)};
+    return Region{true, std::min(limit, uint64_t(data) - offset)};
   off_t hole = ::lseek(fd_.get(), off_t(offset), SEEK_HOLE);
   if (hole < 0)
     return error("seek hole", offset, errno);
-  return Run{false, std::min(limit, uint64_t(hole) - offset)};
+  return Region{false, std::min(limit, uint64_t(hole) - offset)};
 }
 
 Result<std::unique_ptr<File>> open_posix_file(const std::string &path, OpenMode mode) {

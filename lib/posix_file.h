@@ -73,7 +73,7 @@ public:
   Status extend_to(uint64_t size, uint64_t preferred = 0) override;
   Status punch_hole(uint64_t offset, uint64_t count) override;
   Status zero_range(uint64_t offset, uint64_t count) override;
-  Result<Run> probe_run(uint64_t offset, uint64_t limit) override;
+  Result<Region> probe_run(uint64_t offset, uint64_t limit) override;
 
 private:
   Status error(const std::string &what, uint64_t offset, int err) const;

@@ -397,11 +397,11 @@ Status NbdFile::pread(void *buf, size_t count, uint64_t offset) {
   return Status::ok();
 }
 
-Result<qed::File::Run> NbdFile::probe_run(uint64_t offset, uint64_t limit) {
+Result<qed::File::Region> NbdFile::probe_run(uint64_t offset, uint64_t limit) {
   if (offset >= size_)
-    return Run{true, limit};
+    return Region{true, limit};
   if (!block_status_ || limit == 0)
-    return Run{false, limit};
+    return Region{false, limit};
   if (auto kept = status_.find(offset, limit))
     return *kept;
   // Ask about whole blocks from the one holding `offset`, as far as the
@@ -413,7 +413,7 @@ Result<qed::File::Run> NbdFile::probe_run(uint64_t offset, uint64_t limit) {
                    (size_ - first) / min_block_ * min_block_);
   count = std::min<uint64_t>(count, UINT32_MAX / min_block_ * min_block_);
   if (count == 0)  // the partial block at the end, which the server cannot answer for
-    return Run{false, limit};
+    return Region{false, limit};
   StatusReply reply(first, count);
   std::vector<Command> commands(1);
   commands[0].read = false;
@@ -425,7 +425,7 @@ Result<qed::File::Run> NbdFile::probe_run(uint64_t offset, uint64_t limit) {
   if (auto answered = status_.find(offset, limit))
     return *answered;
   // No answer for `offset`: call it data, which is always safe.
-  return Run{false, limit};
+  return Region{false, limit};
 }
 
 }  // namespace qed_nbd

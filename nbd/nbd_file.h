@@ -104,7 +104,7 @@ public:
   // Everything is data when the server has no block status. Replies are
   // kept (status_cache.h), so a walk over the export costs requests and
   // extents linear in its extents.
-  qed::Result<Run> probe_run(uint64_t offset, uint64_t limit) override;
+  qed::Result<Region> probe_run(uint64_t offset, uint64_t limit) override;
 
   // The write side: a backing file is never written. All fail with EROFS.
   qed::Status pwrite(const void *buf, size_t count, uint64_t offset) override;

@@ -32,7 +32,7 @@ void StatusReply::reset() {
   ended_ = false;
 }
 
-std::optional<qed::File::Run> StatusCache::find(uint64_t offset, uint64_t limit) {
+std::optional<qed::File::Region> StatusCache::find(uint64_t offset, uint64_t limit) {
   std::lock_guard lock(mu_);
   for (Slot &slot : slots_) {
     const StatusReply &r = slot.reply;
@@ -44,7 +44,7 @@ std::optional<qed::File::Run> StatusCache::find(uint64_t offset, uint64_t limit)
     if (span == r.spans_.end())
       continue;  // cannot happen: offset < pos_, the end of the last span
     slot.used = ++clock_;
-    return qed::File::Run{span->zero, std::min(span->end - offset, limit)};
+    return qed::File::Region{span->zero, std::min(span->end - offset, limit)};
   }
   return std::nullopt;
 }

@@ -76,7 +76,7 @@ public:
 
   // The run at `offset` (at most `limit` bytes, and not past the end of the
   // reply holding it), if a kept reply covers `offset`.
-  std::optional<qed::File::Run> find(uint64_t offset, uint64_t limit);
+  std::optional<qed::File::Region> find(uint64_t offset, uint64_t limit);
   // Keeps `reply` (replacing the least recently used one) and adjusts the
   // window.
   void insert(StatusReply &&reply);
