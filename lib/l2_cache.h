@@ -28,7 +28,6 @@
 
 #include <boost/intrusive/list.hpp>
 #include <boost/intrusive/unordered_set.hpp>
-#include <condition_variable>
 #include <cstdint>
 #include <memory>
 #include <vector>
@@ -36,6 +35,7 @@
 #include "dirty_sectors.h"
 #include "status.h"
 #include "table_pool.h"
+#include "thread_annotations.h"
 
 namespace qed {
 
@@ -46,8 +46,9 @@ using IndexHook = bi::unordered_set_member_hook<>;
 
 // Signalled once when a table finishes loading; shared so that waiters can
 // outlive a table that failed to load and was dropped.
+// Guarded by the owner's Metadata::mu_, which cv is waited on with.
 struct LoadLatch {
-  std::condition_variable cv;
+  CondVar cv;
   bool done = false;
   Status status;
 };

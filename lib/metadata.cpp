@@ -33,6 +33,7 @@ Metadata::Metadata(File &file, const MetadataConfig &c, std::vector<uint64_t> l1
       l1_(std::move(l1)),
       l1_dirty_sectors_(l1_.size()),
       cache_(cache_budget_, geo_.l2_entries_used(0)),
+      pool_(cache_.pool()),
       file_end_(std::max({round_up(c.file_size, geo_.cluster_size()), geo_.header_bytes(),
                           c.l1_offset + geo_.table_bytes()})) {
   leaked_.reserve(kLeakedReserved);
@@ -80,8 +81,7 @@ Status Metadata::check_table_offset(uint64_t l1_index, uint64_t off) const {
   return Status::ok();
 }
 
-Result<bool> Metadata::make_room(std::unique_lock<std::mutex> &lock, uint64_t need,
-                                 bool dirtying) {
+Result<bool> Metadata::make_room(uint64_t need, bool dirtying) {
   // The budget is at least minimum_cache_bytes(), so whatever one request
   // needs fits once nothing else is held: each wait below ends.
   bool released = false;
@@ -94,27 +94,28 @@ Result<bool> Metadata::make_room(std::unique_lock<std::mutex> &lock, uint64_t ne
     if (!dirty_tables_.empty()) {
       // Changes take the room: write them back (after a write-back in
       // progress, which write_back_ waits for).
-      lock.unlock();
-      Status s = write_back_();
-      lock.lock();
+      Status s;
+      {
+        MutexUnlock unlocked(mu_);
+        s = write_back_();
+      }
       if (!s.is_ok())
         return s;
       continue;
     }
     // Loads and a write-back in progress take it: they end on their own.
-    room_cv_.wait(lock);
+    room_cv_.wait(mu_);
   }
 }
 
-Result<bool> Metadata::make_room_to_dirty(std::unique_lock<std::mutex> &lock, CachedTable *t) {
+Result<bool> Metadata::make_room_to_dirty(CachedTable *t) {
   const uint64_t need = cache_.cost_to_dirty(*t);
   if (need == 0)
     return false;
-  return make_room(lock, need, true);
+  return make_room(need, true);
 }
 
-Result<CachedTable *> Metadata::get_table(std::unique_lock<std::mutex> &lock,
-                                          uint64_t l1_index) {
+Result<CachedTable *> Metadata::get_table(uint64_t l1_index) {
   for (;;) {
     const uint64_t off = l1_[l1_index];
     if (off == 0)
@@ -123,12 +124,12 @@ Result<CachedTable *> Metadata::get_table(std::unique_lock<std::mutex> &lock,
     CachedTable *t = cache_.find(off);
     if (!t) {
       // A loading table is charged twice its size (l2_cache.h).
-      auto released = make_room(lock, 2 * cache_.table_charge(), false);
+      auto released = make_room(2 * cache_.table_charge(), false);
       if (!released)
         return released.status();
       if (*released)
         continue;  // another request may have loaded it meanwhile
-      return load_table(lock, l1_index, off);
+      return load_table(l1_index, off);
     }
     if (!t->loading()) {
       // Tables are cached by offset, with the entries of the span that loaded
@@ -142,14 +143,14 @@ Result<CachedTable *> Metadata::get_table(std::unique_lock<std::mutex> &lock,
     }
     // Another request is reading this table: wait for it, not for others.
     std::shared_ptr<LoadLatch> latch = t->latch;
-    latch->cv.wait(lock, [&] { return latch->done; });
+    while (!latch->done)
+      latch->cv.wait(mu_);
     if (!latch->status.is_ok())
       return latch->status;
   }
 }
 
-Result<CachedTable *> Metadata::load_table(std::unique_lock<std::mutex> &lock,
-                                           uint64_t l1_index, uint64_t off) {
+Result<CachedTable *> Metadata::load_table(uint64_t l1_index, uint64_t off) {
   // Everything that allocates comes before the table is visible in the cache.
   const uint64_t entries = geo_.l2_entries_used(l1_index);
   auto fresh = std::make_unique<CachedTable>(off);
@@ -161,9 +162,11 @@ Result<CachedTable *> Metadata::load_table(std::unique_lock<std::mutex> &lock,
 
   // While it loads, only this thread touches its entries: others wait on the
   // latch, and a loading table is never evicted.
-  lock.unlock();
-  Status s = read_table_entries(file_, off, t->entries.span());
-  lock.lock();
+  Status s;
+  {
+    MutexUnlock unlocked(mu_);
+    s = read_table_entries(file_, off, t->entries.span());
+  }
 
   latch->done = true;
   latch->status = s;
@@ -254,9 +257,9 @@ Result<Run> Metadata::run_in_table(CachedTable *t, uint64_t pos, uint64_t len) {
 }
 
 Result<Run> Metadata::lookup(uint64_t pos, uint64_t len) {
-  std::unique_lock lock(mu_);
+  MutexLock lock(mu_);
   const uint64_t l1_index = geo_.l1_index(pos);
-  auto t = get_table(lock, l1_index);
+  auto t = get_table(l1_index);
   if (!t)
     return t.status();
   if (*t == nullptr)
@@ -265,22 +268,22 @@ Result<Run> Metadata::lookup(uint64_t pos, uint64_t len) {
 }
 
 uint64_t Metadata::changes_bytes() {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   return cache_.held_by_changes();
 }
 
 uint64_t Metadata::file_end() {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   return file_end_;
 }
 
 uint64_t Metadata::cache_bytes() {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   return cache_.bytes();
 }
 
 Metadata::PoolUse Metadata::pool_use() {
-  return {cache_.pool().allocated(), cache_.pool().buffer_bytes()};  // the pool locks itself
+  return {pool_.allocated(), pool_.buffer_bytes()};  // the pool locks itself
 }
 
 }  // namespace qed

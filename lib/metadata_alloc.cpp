@@ -62,18 +62,17 @@ void Metadata::remove_inflight(Inflight &record) noexcept {
   record.done_cv.notify_all();
 }
 
-Result<CachedTable *> Metadata::table_for_write(std::unique_lock<std::mutex> &lock,
-                                                uint64_t pos) {
+Result<CachedTable *> Metadata::table_for_write(uint64_t pos) {
   if (!writable_)
     return Status::read_only(file_.name() + ": image is open read-only");
   const uint64_t l1_index = geo_.l1_index(pos);
   for (;;) {
-    auto got = get_table(lock, l1_index);
+    auto got = get_table(l1_index);
     if (!got)
       return got.status();
     if (*got)
       return *got;
-    auto released = make_room(lock, cache_.table_charge(), false);
+    auto released = make_room(cache_.table_charge(), false);
     if (!released)
       return released.status();
     if (!*released)
@@ -82,14 +81,15 @@ Result<CachedTable *> Metadata::table_for_write(std::unique_lock<std::mutex> &lo
   }
 }
 
-bool Metadata::wait_for_inflight(std::unique_lock<std::mutex> &lock, uint64_t cluster) {
+bool Metadata::wait_for_inflight(uint64_t cluster) {
   Inflight *busy = find_inflight(cluster);
   if (!busy)
     return false;
   // Wait for that allocation only; afterwards the caller must look again,
   // since the tables may have changed (or been evicted) meanwhile.
   std::shared_ptr<Inflight> keep = busy->shared_from_this();
-  keep->done_cv.wait(lock, [&] { return keep->done; });
+  while (!keep->done)
+    keep->done_cv.wait(mu_);
   return true;
 }
 
@@ -102,9 +102,9 @@ Result<WritePlan> Metadata::plan_copy(uint64_t pos, uint64_t len) {
 }
 
 Result<WritePlan> Metadata::plan_allocation(uint64_t pos, uint64_t len, bool unallocated_only) {
-  std::unique_lock lock(mu_);
+  MutexLock lock(mu_);
   for (;;) {
-    auto got = table_for_write(lock, pos);
+    auto got = table_for_write(pos);
     if (!got)
       return got.status();
     CachedTable *t = *got;
@@ -119,7 +119,7 @@ Result<WritePlan> Metadata::plan_allocation(uint64_t pos, uint64_t len, bool una
       return WritePlan{false, *run, {}};
     }
     const uint64_t cluster = pos >> geo_.cluster_bits();
-    if (wait_for_inflight(lock, cluster))
+    if (wait_for_inflight(cluster))
       continue;
     if (unallocated_only && kind == EntryKind::kZero) {
       // A zero cluster is newer than the backing data: skip it.
@@ -159,18 +159,18 @@ Result<WritePlan> Metadata::plan_allocation(uint64_t pos, uint64_t len, bool una
 }
 
 Status Metadata::commit(Allocation &a) {
-  std::unique_lock lock(mu_);
+  MutexLock lock(mu_);
   CachedTable *t;
   for (;;) {
     // The table may have been evicted meanwhile: reloading it, or making room
     // to change it, can fail (or throw); the Allocation then still gives the
     // clusters back.
-    auto got = get_table(lock, geo_.l1_index(a.virtual_offset));
+    auto got = get_table(geo_.l1_index(a.virtual_offset));
     if (!got)
       return got.status();
     if (*got == nullptr)
       return Status::corruption("L2 table vanished during an allocation");
-    auto released = make_room_to_dirty(lock, *got);
+    auto released = make_room_to_dirty(*got);
     if (!released)
       return released.status();
     if (!*released) {
@@ -188,7 +188,7 @@ Status Metadata::commit(Allocation &a) {
 }
 
 void Metadata::abandon(Allocation &a) noexcept {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   remove_inflight(*a.record_);
   a.owner_ = nullptr;
   free_clusters(a.host_offset, a.clusters * geo_.cluster_size());
@@ -242,22 +242,22 @@ void Metadata::add_leaked(uint64_t host, uint64_t bytes) noexcept {
 }
 
 bool Metadata::has_leaked_clusters() {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   return !leaked_.empty() || leaked_unlisted_;
 }
 
 Result<uint64_t> Metadata::mark_zero(uint64_t pos, uint64_t clusters) {
-  std::unique_lock lock(mu_);
+  MutexLock lock(mu_);
   for (;;) {
-    auto got = table_for_write(lock, pos);
+    auto got = table_for_write(pos);
     if (!got)
       return got.status();
     CachedTable *t = *got;
     const uint64_t first = geo_.l2_index(pos);
     const uint64_t cluster = pos >> geo_.cluster_bits();
-    if (wait_for_inflight(lock, cluster))
+    if (wait_for_inflight(cluster))
       continue;
-    auto released = make_room_to_dirty(lock, t);
+    auto released = make_room_to_dirty(t);
     if (!released)
       return released.status();
     if (*released)

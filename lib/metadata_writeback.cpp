@@ -45,7 +45,7 @@ void encode_dirty_runs(const DirtySectors &dirty, std::span<const uint64_t> entr
 }  // namespace
 
 Writeback Metadata::take_dirty() {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   Writeback w;
   // First encode everything (this allocates and may throw); only then change
   // any state, with operations that cannot fail. Each table's copy takes a
@@ -76,7 +76,7 @@ Writeback Metadata::take_dirty() {
 }
 
 void Metadata::finish_writeback(Writeback &w, bool written) noexcept {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   if (!written && w.sync_before_entries)
     cut_back_since_writeback_ = true;
   // A table written back gives its reserve back. One that was not is dirty

@@ -4,13 +4,12 @@
 #include <unistd.h>
 
 #include <atomic>
-#include <mutex>
-#include <shared_mutex>
 #include <string>
 #include <utility>
 
 #include "file.h"
 #include "file_lock.h"
+#include "thread_annotations.h"
 
 namespace qed {
 
@@ -83,7 +82,7 @@ private:
   const std::string path_;
   UniqueFd fd_;
   FileLock lock_;  // on fd_, so declared after it: released before it closes
-  std::shared_mutex size_mu_;
+  SharedMutex size_mu_;  // guards the file's size, not a member (see above)
   std::atomic<uint64_t> known_size_;
   std::atomic<bool> no_fallocate_{false};  // fallocate said EOPNOTSUPP once
 };

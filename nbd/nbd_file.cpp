@@ -154,18 +154,25 @@ Result<std::unique_ptr<NbdFile>> NbdFile::open(const std::string &uri,
                         "each" + options.connections_hint + ")",
                     ENOTSUP);
   f->budget_ = std::move(budget);
-  f->tokens_ = 1;
+  {
+    qed::MutexLock lock(f->mu_);  // nobody else has it yet: for the analysis
+    f->tokens_ = 1;
+  }
   auto h = f->connect(true, Clock::now() + std::chrono::milliseconds(options.connect_timeout_ms));
   Status s = h ? f->learn(h->get()) : h.status();
   if (!s.is_ok())
     return f->error(s.message());
-  f->backoff_ms_ = options.backoff_min_ms;
-  f->conns_.push_back(Slot{std::make_shared<Conn>(std::move(*h), true, options.request_timeout_ms)});
+  {
+    qed::MutexLock lock(f->mu_);
+    f->backoff_ms_ = options.backoff_min_ms;
+    f->conns_.push_back(
+        Slot{std::make_shared<Conn>(std::move(*h), true, options.request_timeout_ms)});
+  }
   return f;
 }
 
 unsigned NbdFile::open_connections() {
-  std::lock_guard lock(mu_);
+  qed::MutexLock lock(mu_);
   return open_locked();
 }
 
@@ -232,7 +239,7 @@ std::optional<size_t> NbdFile::pick_shared_locked(bool status) const {
 }
 
 Result<std::shared_ptr<Conn>> NbdFile::acquire(bool status, Clock::time_point deadline) {
-  std::unique_lock lock(mu_);
+  qed::UniqueLock lock(mu_);
   for (;;) {
     auto i = pick_idle_locked(status);
     if (!i && take_place_locked())
@@ -255,7 +262,7 @@ Result<std::shared_ptr<Conn>> NbdFile::acquire(bool status, Clock::time_point de
       lock.lock();
       continue;
     }
-    if (changed_.wait_until(lock, deadline) == std::cv_status::timeout &&
+    if (!changed_.wait_until(mu_, deadline) &&
         !pick_idle_locked(status) && !pick_shared_locked(status) && !may_open_locked())
       return failed("no connection became free within " +
                     std::to_string(options_.request_timeout_ms) + " ms");
@@ -294,7 +301,7 @@ Result<std::shared_ptr<Conn>> NbdFile::acquire(bool status, Clock::time_point de
 void NbdFile::release(const std::shared_ptr<Conn> &c, bool keep) {
   std::shared_ptr<Conn> closing;
   {
-    std::lock_guard lock(mu_);
+    qed::MutexLock lock(mu_);
     auto it = std::find_if(conns_.begin(), conns_.end(),
                            [&](const Slot &s) { return s.conn == c; });
     if (it != conns_.end()) {  // else dropped or made room meanwhile
@@ -316,7 +323,7 @@ void NbdFile::release(const std::shared_ptr<Conn> &c, bool keep) {
 void NbdFile::drop_idle() {
   std::vector<std::shared_ptr<Conn>> dead;
   {
-    std::lock_guard lock(mu_);
+    qed::MutexLock lock(mu_);
     for (auto it = conns_.begin(); it != conns_.end();) {
       if (it->users == 0) {
         dead.push_back(std::move(it->conn));

@@ -33,7 +33,7 @@ void StatusReply::reset() {
 }
 
 std::optional<qed::File::Region> StatusCache::find(uint64_t offset, uint64_t limit) {
-  std::lock_guard lock(mu_);
+  qed::MutexLock lock(mu_);
   for (Slot &slot : slots_) {
     const StatusReply &r = slot.reply;
     if (slot.used == 0 || offset < r.offset_ || offset >= r.pos_)
@@ -50,7 +50,7 @@ std::optional<qed::File::Region> StatusCache::find(uint64_t offset, uint64_t lim
 }
 
 void StatusCache::insert(StatusReply &&reply) {
-  std::lock_guard lock(mu_);
+  qed::MutexLock lock(mu_);
   const uint64_t covered = reply.pos_ - reply.offset_;
   if (reply.truncated_)
     window_ = std::max(kMinWindow, covered);  // as dense ahead as here, about kMaxSpans
@@ -72,14 +72,14 @@ void StatusCache::insert(StatusReply &&reply) {
 }
 
 void StatusCache::clear() {
-  std::lock_guard lock(mu_);
+  qed::MutexLock lock(mu_);
   for (Slot &slot : slots_)
     slot = Slot();
   window_ = kMaxWindow;
 }
 
 uint64_t StatusCache::window() {
-  std::lock_guard lock(mu_);
+  qed::MutexLock lock(mu_);
   return window_;
 }
 

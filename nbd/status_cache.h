@@ -26,11 +26,11 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <mutex>
 #include <optional>
 #include <vector>
 
 #include "file.h"
+#include "thread_annotations.h"
 
 namespace qed_nbd {
 
@@ -90,10 +90,10 @@ private:
     uint64_t used = 0;  // recency stamp; 0: empty
   };
 
-  std::mutex mu_;
-  Slot slots_[kSlots];           // guarded by mu_
-  uint64_t clock_ = 0;           // guarded by mu_
-  uint64_t window_ = kMaxWindow; // guarded by mu_
+  qed::Mutex mu_;
+  Slot slots_[kSlots] GUARDED_BY(mu_);
+  uint64_t clock_ GUARDED_BY(mu_) = 0;
+  uint64_t window_ GUARDED_BY(mu_) = kMaxWindow;
 };
 
 }  // namespace qed_nbd
