@@ -70,9 +70,9 @@ struct Inflight : bi::set_base_hook<>, std::enable_shared_from_this<Inflight> {
 class Metadata;
 
 // Clusters reserved for one allocating request, from plan_write() to commit().
-// Move-only. Destroyed before commit() (an error, an exception), it gives its
-// clusters back (Metadata::abandon), so that no exit path leaves an in-flight
-// record linked or waiters waiting.
+// Move-only. Destroyed before commit() (an error, an exception), it abandons
+// its clusters (Metadata::abandon: freed, or leaked clusters), so that no exit
+// path leaves an in-flight record linked or waiters waiting.
 class Allocation {
 public:
   Allocation() = default;
@@ -115,9 +115,9 @@ struct Writeback {
   std::vector<TableBuffer> copies;
   std::vector<uint8_t> l1_bytes;
   uint64_t file_end = 0;  // the file must reach this before tables point into it
-  // Space given back by a failed allocation was cut off the file and is being
-  // handed out again: that must be durable before an entry points into it, or
-  // a crash could show the failed write's bytes there.
+  // Clusters a failed allocation freed were cut off the file and are being
+  // handed out again: that must be durable before an entry points into them,
+  // or a crash could show the failed write's bytes there.
   bool sync_before_entries = false;
   bool empty() const { return tables.empty() && l1.empty(); }
 };
