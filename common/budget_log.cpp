@@ -1,17 +1,23 @@
 #include "budget_log.h"
 
 #include <cinttypes>
-#include <mutex>
 #include <set>
 #include <string>
 
 #include "check_log.h"
+#include "thread_annotations.h"
 
 namespace qed_nbdkit {
 
+namespace {
+
+// The lines logged so far: each is logged once per process.
+qed::Mutex logged_mu;
+std::set<std::string> logged GUARDED_BY(logged_mu);
+
+}  // namespace
+
 void log_cache_budgets(const qed::Image &image, const char *key) {
-  static std::mutex mu;
-  static std::set<std::string> logged;  // guarded by mu
   for (const qed::Image::CacheBudget &b : image.cache_budgets()) {
     if (b.budget <= b.requested)
       continue;
@@ -19,7 +25,7 @@ void log_cache_budgets(const qed::Image &image, const char *key) {
                              " is below what this image needs, room for 4 of its L2 tables (" +
                              std::to_string(b.table) + " bytes each): its cache may take " +
                              std::to_string(b.budget) + " bytes";
-    std::lock_guard lock(mu);
+    qed::MutexLock lock(logged_mu);
     if (logged.insert(line).second)
       log_info("%s", line.c_str());
   }

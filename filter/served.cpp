@@ -2,7 +2,6 @@
 
 #include "served.h"
 
-#include <mutex>
 #include <string>
 
 #include "budget_log.h"
@@ -13,6 +12,7 @@
 #include "nbd_store.h"
 #include "next_file.h"
 #include "nbdkit_errors.h"
+#include "thread_annotations.h"
 
 namespace qed_filter {
 namespace {
@@ -25,9 +25,9 @@ const char kImageName[] = "the plugin's export";
 
 // The image, and the size of the layer below it was opened on (a later
 // connection's context must have it too).
-std::mutex mu;
-std::shared_ptr<qed::Image> image;  // guarded by mu
-uint64_t below_size = 0;            // guarded by mu
+qed::Mutex mu;
+std::shared_ptr<qed::Image> image GUARDED_BY(mu);
+uint64_t below_size GUARDED_BY(mu) = 0;
 
 // An image that names a backing file is refused unless the user named the
 // base: the stored name is relative to nothing the filter knows (and, if
@@ -75,7 +75,7 @@ qed::OpenOptions open_options() {
   return o;
 }
 
-int open_image(nbdkit_next *next) {
+int open_image(nbdkit_next *next) REQUIRES(mu) {
   const int64_t below = next->get_size(next);
   if (below == -1)
     return -1;  // the layer below reported it
@@ -100,7 +100,7 @@ int open_image(nbdkit_next *next) {
 }
 
 // A later connection's context must show the export the image was read from.
-int check_same_size(nbdkit_next *next) {
+int check_same_size(nbdkit_next *next) REQUIRES(mu) {
   const int64_t below = next->get_size(next);
   if (below == -1)
     return -1;
@@ -116,7 +116,7 @@ int check_same_size(nbdkit_next *next) {
 
 Served open_served(nbdkit_next *next) {
   const NextFile::Through through(next);
-  std::lock_guard lock(mu);
+  qed::MutexLock lock(mu);
   const int r = image ? check_same_size(next) : open_image(next);
   if (r == -1)
     return Served();
@@ -127,7 +127,7 @@ Served open_served(nbdkit_next *next) {
 }
 
 void close_served() {
-  std::lock_guard lock(mu);
+  qed::MutexLock lock(mu);
   image.reset();
 }
 

@@ -57,14 +57,14 @@ public:
   // file system cannot do that without writing.
   virtual Status zero_range(uint64_t offset, uint64_t count) = 0;
   // Whether `offset` is in a hole, and how many bytes (at most `limit`) the
-  // data or hole run starting there spans. The default says everything is data.
-  struct Run {
+  // data or hole region starting there spans. The default says everything is data.
+  struct Region {
     bool hole;
     uint64_t length;
   };
-  virtual Result<Run> probe_run(uint64_t offset, uint64_t limit) {
+  virtual Result<Region> probe_run(uint64_t offset, uint64_t limit) {
     (void)offset;
-    return Run{false, limit};
+    return Region{false, limit};
   }
 };
 

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <iterator>
 
+#include "metadata.h"
 #include "table.h"
 
 namespace qed {
@@ -80,7 +81,7 @@ Result<std::unique_ptr<Image>> Image::open_file(const std::string &path,
 
 Status Image::load(const OpenOptions &options, ChainState &chain) {
   {
-    std::lock_guard lock(flush_mu_);
+    MutexLock lock(flush_mu_);
     if (!read_only_ && (header_.autoclear_features & ~kKnownAutoclearFeatures)) {
       header_.autoclear_features &= kKnownAutoclearFeatures;
       QED_RETURN_IF_ERROR(write_header_locked());
@@ -88,23 +89,26 @@ Status Image::load(const OpenOptions &options, ChainState &chain) {
     }
     QED_RETURN_IF_ERROR(run_check(options.check));
   }
+  // What follows reads the header as it is now; only grow() changes it, and
+  // not the fields read after it.
+  const Header loaded = header();
 
-  if (options.backing_override && !header_.has_backing_file())
+  if (options.backing_override && !loaded.has_backing_file())
     return Status::invalid_argument(path_ + ": the image has no backing file, so " +
                                     options.backing_override->path +
                                     " cannot stand in for one");
-  if (header_.has_backing_file()) {
+  if (loaded.has_backing_file()) {
     if (!options.allow_backing)
       return Status::not_supported(path_ + ": the image has a backing file and backing files "
                                            "are disabled (allow-backing=false)");
-    std::string name(header_.backing_filename_size, '\0');
-    QED_RETURN_IF_ERROR(file_->pread(name.data(), name.size(), header_.backing_filename_offset));
+    std::string name(loaded.backing_filename_size, '\0');
+    QED_RETURN_IF_ERROR(file_->pread(name.data(), name.size(), loaded.backing_filename_offset));
     if (name.find('\0') != std::string::npos)
       return Status::corruption(path_ + ": backing file name contains a NUL byte");
     auto backing = options.backing_override
-                       ? open_backing_override(path_, name, header_.backing_is_raw(),
+                       ? open_backing_override(path_, name, loaded.backing_is_raw(),
                                                *options.backing_override, options, chain)
-                       : open_backing(path_, name, header_.backing_is_raw(), options, chain);
+                       : open_backing(path_, name, loaded.backing_is_raw(), options, chain);
     if (!backing)
       return backing.status();
     backing_ = std::move(*backing);
@@ -112,7 +116,7 @@ Status Image::load(const OpenOptions &options, ChainState &chain) {
 
   // Growing needs the backing file's size, and comes before the tables are
   // read, since the geometry changes.
-  if (options.grow_to && options.grow_to != header_.image_size) {
+  if (options.grow_to && options.grow_to != loaded.image_size) {
     QED_RETURN_IF_ERROR(check_grow(options.grow_to));
     if (read_only_)
       return Status::read_only(path_ + ": cannot grow an image opened read-only");
@@ -123,7 +127,7 @@ Status Image::load(const OpenOptions &options, ChainState &chain) {
   if (!file_size)
     return file_size.status();
   std::vector<uint64_t> l1(geo_.l1_entries_used());
-  if (Status s = read_table_entries(*file_, header_.l1_table_offset, l1); !s.is_ok())
+  if (Status s = read_table_entries(*file_, loaded.l1_table_offset, l1); !s.is_ok())
     return error_context(s.with_context("reading the L1 table"));
 
   // One budget for the whole chain (backing.h): a QED backing file took its
@@ -134,11 +138,11 @@ Status Image::load(const OpenOptions &options, ChainState &chain) {
           : options.cache_bytes;
   MetadataConfig config;
   config.geometry = geo_;
-  config.l1_offset = header_.l1_table_offset;
+  config.l1_offset = loaded.l1_table_offset;
   config.file_size = *file_size;
   config.cache_bytes = cache_bytes;
   config.writable = !read_only_;
-  config.lenient = read_only_ && header_.needs_check();
+  config.lenient = read_only_ && loaded.needs_check();
   // When changes take the room a table needs, the request that needs it
   // writes them back (Metadata::make_room; a flush without its final sync).
   meta_ = std::make_unique<Metadata>(*file_, config, std::move(l1),
@@ -203,7 +207,7 @@ Status Image::check_grow(uint64_t new_size) const {
 }
 
 Status Image::grow(uint64_t new_size) {
-  std::lock_guard lock(flush_mu_);
+  MutexLock lock(flush_mu_);
   new_size = (new_size + 511) / 512 * 512;
   const uint64_t old = header_.image_size;
   header_.image_size = new_size;
@@ -256,7 +260,7 @@ Image::CacheUse Image::cache_use() const {
 }
 
 Header Image::header() {
-  std::lock_guard lock(flush_mu_);
+  MutexLock lock(flush_mu_);
   return header_;
 }
 
@@ -281,7 +285,7 @@ Status Image::mark_needs_check_locked() {
 }
 
 Status Image::close() {
-  std::lock_guard lock(flush_mu_);
+  MutexLock lock(flush_mu_);
   if (closed_ || read_only_)
     return Status::ok();
   // After a failed flush nothing more is written: NEED_CHECK stays, and the
@@ -321,7 +325,7 @@ Status Image::close() {
   }
   // Clusters of failed allocations that something after them kept from going
   // back: only the check can give them back, so the next open should run it.
-  if (!short_file && needs_check_on_disk_ && may_mark_clean_ && !meta_->has_interior_leaks())
+  if (!short_file && needs_check_on_disk_ && may_mark_clean_ && !meta_->has_leaked_clusters())
     QED_RETURN_IF_ERROR(mark_clean_locked());
   closed_ = true;  // only now: a failed close can be retried
   return Status::ok();

@@ -1,7 +1,8 @@
 // One open QED image: the engine's public face. Plugin -> Image -> Metadata and
 // File. Every public method may run on many threads at once.
 //
-// Locks, in the order they may be taken:
+// Locks, in the order they may be taken (what each guards is checked by
+// clang: GUARDED_BY / REQUIRES, thread_annotations.h):
 //   flush_mu_ (Image)  serialises flush(), write-backs, close() and header
 //                      rewrites; guards header_, needs_check_on_disk_, synced_
 //                      and metadata_unsynced_.
@@ -14,7 +15,6 @@
 #include <atomic>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <vector>
 
@@ -26,10 +26,13 @@
 #include "file.h"
 #include "format.h"
 #include "geometry.h"
-#include "metadata.h"
+#include "run.h"
+#include "thread_annotations.h"
 
 namespace qed {
 
+class Allocation;
+class Metadata;
 class PageBuffer;
 
 // When to run the consistency check at open.
@@ -126,7 +129,7 @@ public:
   // that its disk writes overlap its copying, as a copy tool's do.
   void start_writeback();
   // What the image itself maps at `pos` (not what lies below).
-  Result<Run> lookup(uint64_t pos, uint64_t len) { return meta_->lookup(pos, len); }
+  Result<Run> lookup(uint64_t pos, uint64_t len);
   // The backing file while the image uses one; null once detached.
   BlockSource *backing() const { return below(); }
   // Makes the image standalone once every cluster the backing file has data
@@ -177,11 +180,11 @@ private:
         const OpenOptions &options);
 
   Status load(const OpenOptions &options, ChainState &chain);
-  Status run_check(CheckPolicy policy);
+  Status run_check(CheckPolicy policy) REQUIRES(flush_mu_);
   Status grow(uint64_t new_size);
-  Status write_header_locked();
-  Status mark_needs_check_locked();
-  Status mark_clean_locked();
+  Status write_header_locked() REQUIRES(flush_mu_);
+  Status mark_needs_check_locked() REQUIRES(flush_mu_);
+  Status mark_clean_locked() REQUIRES(flush_mu_);
   void probe_hole_punching();
 
   // The backing file, unless detach_backing() made the image standalone.
@@ -221,8 +224,8 @@ private:
   // A flush without its final sync, to free the memory changes take
   // (image_write.cpp); Metadata calls it when it needs room.
   Status write_back_for_room();
-  Status flush_locked();
-  Status write_back_locked(bool durable);
+  Status flush_locked() REQUIRES(flush_mu_);
+  Status write_back_locked(bool durable) REQUIRES(flush_mu_);
   Status error_context(const Status &s) const;
   // kInvalidArgument unless [pos, pos+count) lies within the disk (callers
   // such as nbdkit check already; the engine does not rely on it).
@@ -240,19 +243,19 @@ private:
   std::optional<CheckReport> check_report_;
   const Header header_at_open_;
 
-  std::mutex flush_mu_;
-  Header header_;                     // guarded by flush_mu_
-  bool needs_check_on_disk_ = false;  // guarded by flush_mu_
+  Mutex flush_mu_;
+  Header header_ GUARDED_BY(flush_mu_);
+  bool needs_check_on_disk_ GUARDED_BY(flush_mu_) = false;
   // False when the image came in dirty and was not checked: we must then
   // leave NEED_CHECK set for a later check.
-  bool may_mark_clean_ = true;        // guarded by flush_mu_
-  bool closed_ = false;               // guarded by flush_mu_
-  uint64_t synced_ = 0;               // guarded by flush_mu_: written_ at the last sync
-  // Guarded by flush_mu_: the end of the furthest table or cluster named by an
-  // entry a flush of this open wrote; close() must leave the file that long.
-  uint64_t written_reach_ = 0;
+  bool may_mark_clean_ GUARDED_BY(flush_mu_) = true;
+  bool closed_ GUARDED_BY(flush_mu_) = false;
+  uint64_t synced_ GUARDED_BY(flush_mu_) = 0;  // written_ at the last sync
+  // The end of the furthest table or cluster named by an entry a flush of
+  // this open wrote; close() must leave the file that long.
+  uint64_t written_reach_ GUARDED_BY(flush_mu_) = 0;
   // A write-back wrote metadata that no sync has covered yet.
-  bool metadata_unsynced_ = false;    // guarded by flush_mu_
+  bool metadata_unsynced_ GUARDED_BY(flush_mu_) = false;
 
   const bool copy_on_read_;
   const std::function<void(const Status &)> on_copy_failure_;
@@ -265,8 +268,8 @@ private:
 
   // Set once, when a flush failed; then failure_ is what writes return.
   std::atomic<bool> failed_{false};
-  mutable std::mutex failure_mu_;
-  Status failure_;  // guarded by failure_mu_
+  mutable Mutex failure_mu_;
+  Status failure_ GUARDED_BY(failure_mu_);
 };
 
 }  // namespace qed

@@ -19,6 +19,7 @@
 
 #include "align.h"
 #include "image.h"
+#include "metadata.h"
 #include "page_buffer.h"
 
 namespace qed {
@@ -132,7 +133,7 @@ void Image::copy_after_read(uint64_t pos, uint64_t count, const uint8_t *data) {
 Status Image::detach_backing() {
   if (read_only_)
     return Status::read_only(path_ + ": image is open read-only");
-  std::lock_guard lock(flush_mu_);
+  MutexLock lock(flush_mu_);
   if (detached() || !backing_)
     return Status::ok();
   // Everything copied is durable, entries included, before the header stops

@@ -3,8 +3,11 @@
 #include <cstring>
 
 #include "image.h"
+#include "metadata.h"
 
 namespace qed {
+
+Result<Run> Image::lookup(uint64_t pos, uint64_t len) { return meta_->lookup(pos, len); }
 
 Status Image::read(void *buf, size_t count, uint64_t pos) {
   requests_.fetch_add(1, std::memory_order_relaxed);

@@ -107,6 +107,7 @@
 #include "align.h"
 #include "byte_order.h"
 #include "image.h"
+#include "metadata.h"
 #include "page_buffer.h"
 
 namespace qed {
@@ -284,7 +285,7 @@ Status Image::writeback_if_needed() {
 Status Image::refuse_if_failed() const {
   if (!failed_.load())
     return Status::ok();
-  std::lock_guard lock(failure_mu_);
+  MutexLock lock(failure_mu_);
   if (failure_.is_ok())  // fail() could not build its message
     return Status::io_error(path_ + ": writes and flushes are refused since a flush failed", EIO);
   return failure_;
@@ -298,7 +299,7 @@ Status Image::fail(const Status &why, const char *doing) {
     return why;
   try {
     Status reason = error_context(why.with_context(doing));
-    std::lock_guard lock(failure_mu_);
+    MutexLock lock(failure_mu_);
     failure_ = Status::io_error(
         path_ + ": writes and flushes are refused since a flush failed (" + reason.message() +
             "): data written before it may not be on disk; restart nbdkit to reopen the image "
@@ -460,7 +461,7 @@ Status Image::flush() {
   requests_.fetch_add(1, std::memory_order_relaxed);
   if (read_only_)
     return Status::ok();
-  std::lock_guard lock(flush_mu_);
+  MutexLock lock(flush_mu_);
   return flush_locked();
 }
 
@@ -472,7 +473,7 @@ void Image::start_writeback() {
 Status Image::write_back_for_room() {
   if (read_only_)
     return Status::ok();
-  std::lock_guard lock(flush_mu_);
+  MutexLock lock(flush_mu_);
   return write_back_locked(false);
 }
 

@@ -28,13 +28,14 @@
 
 #include <boost/intrusive/list.hpp>
 #include <boost/intrusive/unordered_set.hpp>
-#include <condition_variable>
 #include <cstdint>
 #include <memory>
 #include <vector>
 
+#include "dirty_sectors.h"
 #include "status.h"
 #include "table_pool.h"
+#include "thread_annotations.h"
 
 namespace qed {
 
@@ -45,8 +46,9 @@ using IndexHook = bi::unordered_set_member_hook<>;
 
 // Signalled once when a table finishes loading; shared so that waiters can
 // outlive a table that failed to load and was dropped.
+// Guarded by the owner's Metadata::mu_, which cv is waited on with.
 struct LoadLatch {
-  std::condition_variable cv;
+  CondVar cv;
   bool done = false;
   Status status;
 };
@@ -57,13 +59,12 @@ struct CachedTable {
   uint64_t offset;                  // file offset of the table: the key
   TableBuffer entries;              // the entries that address the image
   std::shared_ptr<LoadLatch> latch; // non-null while loading
-  std::vector<bool> dirty_sectors;  // 512-byte sectors changed since written
-  uint64_t dirty_count = 0;         // set bits in dirty_sectors
+  DirtySectors dirty_sectors;       // sectors changed since written
   unsigned pins = 0;                // pieces of a write-back in progress
   uint64_t charge = 0;              // set by L2Cache::insert (see above)
 
   bool loading() const { return latch != nullptr; }
-  bool dirty() const { return dirty_count != 0; }
+  bool dirty() const { return dirty_sectors.any(); }
   bool evictable() const { return !loading() && !dirty() && pins == 0; }
 
   LruHook lru_hook;

@@ -1,7 +1,8 @@
 // The image's metadata in memory: the L1 table, the L2 cache, the end of the
 // file, the allocations in flight and the changes not yet written back.
 //
-// Locking. mu_ guards every member below it. It is held only for in-memory
+// Locking. mu_ guards every member below it (GUARDED_BY; methods that need
+// it held say REQUIRES(mu_): clang checks both, see thread_annotations.h). It is held only for in-memory
 // work, never across I/O: a table miss drops mu_ while the table is read (other
 // requests for that table wait on its LoadLatch; requests for other tables go
 // on), and callers do all data I/O without it. Lock order: Image::flush_mu_
@@ -28,33 +29,33 @@
 // what takes the room. Changes may hold at most half of the budget, so that reads always
 // find room, even after a failed flush left changes that cannot be written.
 //
+// Leaked clusters. Clusters of an allocation that failed (abandon()) go back
+// when they end the file: it is cut back to them. Otherwise something was
+// reserved after them, and they are leaked clusters: space no entry points
+// at, listed in leaked_ and freed when everything after them is freed too.
+// Those left at close keep the image marked NEED_CHECK (Image::close): only
+// the consistency check can reclaim them (check.h).
+//
 // Failures. Every method leaves the state as it was when it fails, whether by
 // a Status or by an exception (std::bad_alloc): memory is allocated before
 // anything changes, and reservations end on every path (Allocation).
 #pragma once
 
 #include <boost/intrusive/set.hpp>
-#include <condition_variable>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <unordered_set>
 #include <vector>
 
+#include "dirty_sectors.h"
 #include "file.h"
 #include "geometry.h"
 #include "l2_cache.h"
+#include "run.h"
 #include "table.h"
+#include "thread_annotations.h"
 
 namespace qed {
-
-// What a run of virtual bytes maps to.
-struct Run {
-  enum Kind { kUnallocated, kZero, kData };
-  Kind kind;
-  uint64_t length;       // bytes, > 0
-  uint64_t host_offset;  // kData: file offset of the first byte
-};
 
 // Clusters reserved for one allocating request, from plan_write() to commit()
 // or abandon().
@@ -62,16 +63,16 @@ struct Inflight : bi::set_base_hook<>, std::enable_shared_from_this<Inflight> {
   Inflight(uint64_t first, uint64_t n) : first_cluster(first), count(n) {}
   uint64_t first_cluster;  // virtual cluster index
   uint64_t count;
-  std::condition_variable done_cv;
-  bool done = false;
+  CondVar done_cv;    // waited on with Metadata::mu_
+  bool done = false;  // guarded by Metadata::mu_
 };
 
 class Metadata;
 
 // Clusters reserved for one allocating request, from plan_write() to commit().
-// Move-only. Destroyed before commit() (an error, an exception), it gives its
-// clusters back (Metadata::abandon), so that no exit path leaves an in-flight
-// record linked or waiters waiting.
+// Move-only. Destroyed before commit() (an error, an exception), it abandons
+// its clusters (Metadata::abandon: freed, or leaked clusters), so that no exit
+// path leaves an in-flight record linked or waiters waiting.
 class Allocation {
 public:
   Allocation() = default;
@@ -114,9 +115,9 @@ struct Writeback {
   std::vector<TableBuffer> copies;
   std::vector<uint8_t> l1_bytes;
   uint64_t file_end = 0;  // the file must reach this before tables point into it
-  // Space given back by a failed allocation was cut off the file and is being
-  // handed out again: that must be durable before an entry points into it, or
-  // a crash could show the failed write's bytes there.
+  // Clusters a failed allocation freed were cut off the file and are being
+  // handed out again: that must be durable before an entry points into them,
+  // or a crash could show the failed write's bytes there.
   bool sync_before_entries = false;
   bool empty() const { return tables.empty() && l1.empty(); }
 };
@@ -173,7 +174,7 @@ public:
   // Gives up an allocation and wakes waiters. Its clusters go back when they
   // are at the end of the file (the file is cut back to them, so that no byte
   // of the failed write can show through a later allocation); otherwise they
-  // stay leaked, and has_interior_leaks() says so.
+  // are leaked clusters (see above).
   void abandon(Allocation &allocation) noexcept;
 
   // Turns unallocated clusters at `pos` (cluster aligned) into zero clusters,
@@ -186,9 +187,8 @@ public:
   Writeback take_dirty();
   // Ends a write-back: when it was not written, its sectors are dirty again.
   void finish_writeback(Writeback &writeback, bool written) noexcept;
-  // Whether a failed allocation left clusters that nothing references below
-  // others that are in use (only the consistency check can give them back).
-  bool has_interior_leaks();
+  // Whether failed allocations left leaked clusters (see above).
+  bool has_leaked_clusters();
   // What changes not yet written hold of the budget (L2Cache::held_by_changes).
   uint64_t changes_bytes();
   uint64_t file_end();
@@ -211,33 +211,40 @@ private:
   // budget when `dirtying`), writing changes back when they take the room.
   // Returns whether mu_ was released meanwhile: tables may then have gone,
   // and the caller must look them up again.
-  Result<bool> make_room(std::unique_lock<std::mutex> &lock, uint64_t need, bool dirtying);
+  Result<bool> make_room(uint64_t need, bool dirtying) REQUIRES(mu_);
   // make_room() for dirtying `t` (nothing when it is dirty already).
-  Result<bool> make_room_to_dirty(std::unique_lock<std::mutex> &lock, CachedTable *t);
-  Result<CachedTable *> get_table(std::unique_lock<std::mutex> &lock, uint64_t l1_index);
-  Result<CachedTable *> load_table(std::unique_lock<std::mutex> &lock, uint64_t l1_index,
-                                   uint64_t table_offset);
-  CachedTable *create_table(uint64_t l1_index);
+  Result<bool> make_room_to_dirty(CachedTable *t) REQUIRES(mu_);
+  // The table of L1 entry `l1_index` (null when the entry is empty), loaded
+  // if need be. May release mu_ meanwhile (make_room, the read).
+  Result<CachedTable *> get_table(uint64_t l1_index) REQUIRES(mu_);
+  Result<CachedTable *> load_table(uint64_t l1_index, uint64_t table_offset) REQUIRES(mu_);
+  CachedTable *create_table(uint64_t l1_index) REQUIRES(mu_);
   // The table covering `pos`, created if the L1 entry is empty.
-  Result<CachedTable *> table_for_write(std::unique_lock<std::mutex> &lock, uint64_t pos);
-  Result<WritePlan> plan_allocation(uint64_t pos, uint64_t len, bool unallocated_only);
+  Result<CachedTable *> table_for_write(uint64_t pos) REQUIRES(mu_);
+  Result<WritePlan> plan_allocation(uint64_t pos, uint64_t len, bool unallocated_only)
+      EXCLUDES(mu_);
   // If an allocation owns `cluster`, waits for it and returns true.
-  bool wait_for_inflight(std::unique_lock<std::mutex> &lock, uint64_t cluster);
-  void sanitize_loaded(CachedTable *table);
-  Status check_table_offset(uint64_t l1_index, uint64_t offset) const;
+  bool wait_for_inflight(uint64_t cluster) REQUIRES(mu_);
+  void sanitize_loaded(CachedTable *table) REQUIRES(mu_);
+  Status check_table_offset(uint64_t l1_index, uint64_t offset) const REQUIRES(mu_);
   enum class EntryKind { kUnallocated, kZero, kData, kInvalid };
-  EntryKind classify(uint64_t entry) const;
+  EntryKind classify(uint64_t entry) const REQUIRES(mu_);
   Status invalid_entry(uint64_t entry, uint64_t pos) const;
-  void remove_inflight(Inflight &record) noexcept;
-  void give_back(uint64_t host_offset, uint64_t bytes) noexcept;
-  void remember_leak(uint64_t host_offset, uint64_t bytes) noexcept;
+  void remove_inflight(Inflight &record) noexcept REQUIRES(mu_);
+  // Frees the clusters of a failed allocation: the file is cut back to them
+  // (and to leaked clusters that end where they start) when they end it;
+  // otherwise they become leaked clusters.
+  void free_clusters(uint64_t host_offset, uint64_t bytes) noexcept REQUIRES(mu_);
+  // Lists leaked clusters (or counts them as unlisted, past kMaxLeaked or
+  // without memory).
+  void add_leaked(uint64_t host_offset, uint64_t bytes) noexcept REQUIRES(mu_);
   uint64_t image_clusters_from(uint64_t cluster) const;
-  Result<Run> run_in_table(CachedTable *t, uint64_t pos, uint64_t len);
-  Run unallocated_run(uint64_t l1_index, uint64_t pos, uint64_t len) const;
-  Inflight *find_inflight(uint64_t cluster);
-  uint64_t next_inflight_start(uint64_t cluster);
-  void set_entry(CachedTable *t, uint64_t index, uint64_t value);
-  void mark_l1_dirty(uint64_t index);
+  Result<Run> run_in_table(CachedTable *t, uint64_t pos, uint64_t len) REQUIRES(mu_);
+  Run unallocated_run(uint64_t l1_index, uint64_t pos, uint64_t len) const REQUIRES(mu_);
+  Inflight *find_inflight(uint64_t cluster) REQUIRES(mu_);
+  uint64_t next_inflight_start(uint64_t cluster) REQUIRES(mu_);
+  void set_entry(CachedTable *t, uint64_t index, uint64_t value) REQUIRES(mu_);
+  void mark_l1_dirty(uint64_t index) REQUIRES(mu_);
 
   File &file_;
   const Geometry geo_;
@@ -248,26 +255,36 @@ private:
   const uint64_t cache_budget_;
   const WriteBack write_back_;
 
-  std::mutex mu_;
-  std::vector<uint64_t> l1_;              // guarded by mu_
-  std::vector<bool> l1_dirty_sectors_;    // guarded by mu_
-  L2Cache cache_;                         // guarded by mu_
+  // Guards every member below, and the state of what they hold: the cache's
+  // tables (CachedTable), the in-flight records (Inflight::done) and the load
+  // latches (LoadLatch::done, status), which the analysis cannot name.
+  Mutex mu_;
+  std::vector<uint64_t> l1_ GUARDED_BY(mu_);
+  DirtySectors l1_dirty_sectors_ GUARDED_BY(mu_);
+  L2Cache cache_ GUARDED_BY(mu_);
+  // cache_'s pool, which locks itself: pool_use() reads it without mu_.
+  TablePool &pool_;
   // Signalled whenever the cache holds less: a load ended, a write-back ended.
-  std::condition_variable room_cv_;       // waited on with mu_
+  CondVar room_cv_;  // waited on with mu_
   bi::list<CachedTable,
            bi::member_hook<CachedTable, DirtyHook, &CachedTable::dirty_hook>,
            bi::constant_time_size<false>>
-      dirty_tables_;                      // guarded by mu_
-  uint64_t file_end_;                     // guarded by mu_: next cluster to allocate
-  InflightSet inflight_;                  // guarded by mu_
+      dirty_tables_ GUARDED_BY(mu_);
+  uint64_t file_end_ GUARDED_BY(mu_);  // next cluster to allocate
+  InflightSet inflight_ GUARDED_BY(mu_);
   // Tables written by this process; their entries past open_file_size_ are
   // ours, while such entries in older tables are traces of a crash.
-  std::unordered_set<uint64_t> session_tables_;  // guarded by mu_
-  // Failed allocations below the end of the file (offset, bytes), kept so that
-  // they can go back once everything after them has (see metadata.cpp).
-  std::vector<std::pair<uint64_t, uint64_t>> abandoned_;  // guarded by mu_
-  bool interior_leak_overflow_ = false;                   // guarded by mu_
-  bool cut_back_since_writeback_ = false;                 // guarded by mu_
+  std::unordered_set<uint64_t> session_tables_ GUARDED_BY(mu_);
+  // Leaked clusters (offset, bytes), see above. Under a run of failures from
+  // several threads at once (a full disk), each failure may find another's
+  // reservation after it, so the list grows with the failures in flight and
+  // shrinks when the last of them goes. Past kMaxLeaked, further ones are
+  // only counted as unlisted: they stay leaked until a check.
+  static constexpr size_t kMaxLeaked = size_t(1) << 20;
+  static constexpr size_t kLeakedReserved = 64;
+  std::vector<std::pair<uint64_t, uint64_t>> leaked_ GUARDED_BY(mu_);
+  bool leaked_unlisted_ GUARDED_BY(mu_) = false;
+  bool cut_back_since_writeback_ GUARDED_BY(mu_) = false;
 };
 
 }  // namespace qed

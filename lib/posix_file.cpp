@@ -81,7 +81,7 @@ Status PosixFile::pwrite(const void *buf, size_t count, uint64_t offset) {
   const uint64_t end = offset + count;
   if (end <= known_size_.load())
     return write_all(p, count, offset);
-  std::shared_lock lock(size_mu_);
+  ReaderLock lock(size_mu_);
   Status s = write_all(p, count, offset);
   if (s.is_ok())
     raise_known_size(end);
@@ -103,7 +103,7 @@ void PosixFile::start_writeback(uint64_t offset, uint64_t count) {
 Result<uint64_t> PosixFile::size() { return size_of(path_, fd_.get()); }
 
 Status PosixFile::truncate(uint64_t size) {
-  std::unique_lock lock(size_mu_);
+  WriterLock lock(size_mu_);
   // Lowered before the cut, so that it never claims bytes being cut off, not
   // even while the call runs (extend_to() reads it without the lock). If the
   // call fails, it stays a lower bound.
@@ -124,7 +124,7 @@ Status PosixFile::extend_to(uint64_t size, uint64_t preferred) {
   // truncate() out from the call to the raise: a cut in between would leave
   // known_size_ claiming bytes the file no longer has.
   if (!no_fallocate_.load()) {
-    std::shared_lock lock(size_mu_);
+    ReaderLock lock(size_mu_);
     if (::fallocate(fd_.get(), 0, off_t(target - 1), 1) == 0) {
       raise_known_size(target);
       return Status::ok();
@@ -135,7 +135,7 @@ Status PosixFile::extend_to(uint64_t size, uint64_t preferred) {
   }
   // ftruncate() can also shrink: no write that may grow the file runs while
   // we look at the size and set it (see size_mu_).
-  std::unique_lock lock(size_mu_);
+  WriterLock lock(size_mu_);
   struct stat st;
   if (::fstat(fd_.get(), &st) < 0)
     return error("fstat", 0, errno);
@@ -163,21 +163,21 @@ Status PosixFile::zero_range(uint64_t offset, uint64_t count) {
   return error("zero range", offset, errno);
 }
 
-Result<File::Run> PosixFile::probe_run(uint64_t offset, uint64_t limit) {
+Result<File::Region> PosixFile::probe_run(uint64_t offset, uint64_t limit) {
   off_t data = ::lseek(fd_.get(), off_t(offset), SEEK_DATA);
   if (data < 0) {
     if (errno == ENXIO)  // no data after offset: the rest is a hole
-      return Run{true, limit};
+      return Region{true, limit};
     if (is_unsupported(errno) || errno == EINVAL)
-      return Run{false, limit};
+      return Region{false, limit};
     return error("seek data", offset, errno);
   }
   if (uint64_t(data) > offset)
-    return Run{true, std::min(limit, uint64_t(data) - offset)};
+    return Region{true, std::min(limit, uint64_t(data) - offset)};
   off_t hole = ::lseek(fd_.get(), off_t(offset), SEEK_HOLE);
   if (hole < 0)
     return error("seek hole", offset, errno);
-  return Run{false, std::min(limit, uint64_t(hole) - offset)};
+  return Region{false, std::min(limit, uint64_t(hole) - offset)};
 }
 
 Result<std::unique_ptr<File>> open_posix_file(const std::string &path, OpenMode mode) {

@@ -4,13 +4,12 @@
 #include <unistd.h>
 
 #include <atomic>
-#include <mutex>
-#include <shared_mutex>
 #include <string>
 #include <utility>
 
 #include "file.h"
 #include "file_lock.h"
+#include "thread_annotations.h"
 
 namespace qed {
 
@@ -73,7 +72,7 @@ public:
   Status extend_to(uint64_t size, uint64_t preferred = 0) override;
   Status punch_hole(uint64_t offset, uint64_t count) override;
   Status zero_range(uint64_t offset, uint64_t count) override;
-  Result<Run> probe_run(uint64_t offset, uint64_t limit) override;
+  Result<Region> probe_run(uint64_t offset, uint64_t limit) override;
 
 private:
   Status error(const std::string &what, uint64_t offset, int err) const;
@@ -83,7 +82,7 @@ private:
   const std::string path_;
   UniqueFd fd_;
   FileLock lock_;  // on fd_, so declared after it: released before it closes
-  std::shared_mutex size_mu_;
+  SharedMutex size_mu_;  // guards the file's size, not a member (see above)
   std::atomic<uint64_t> known_size_;
   std::atomic<bool> no_fallocate_{false};  // fallocate said EOPNOTSUPP once
 };

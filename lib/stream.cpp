@@ -43,24 +43,25 @@ constexpr uint64_t kCopyBuffer = 2 << 20;
 Stream::Stream(Image &image, StreamOptions options) : image_(image), options_(std::move(options)) {}
 
 void Stream::stop() {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   stop_ = true;
   cv_.notify_all();
 }
 
 bool Stream::stopping() {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   return stop_;
 }
 
 bool Stream::wait_until(Clock::time_point until) {
-  std::unique_lock lock(mu_);
-  cv_.wait_until(lock, until, [&] { return stop_; });
+  MutexLock lock(mu_);
+  while (!stop_ && cv_.wait_until(mu_, until)) {
+  }
   return !stop_;
 }
 
 void Stream::fail(const Status &why) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   if (failure_.is_ok())
     failure_ = why;
   stop_ = true;
@@ -68,7 +69,7 @@ void Stream::fail(const Status &why) {
 }
 
 void Stream::report(uint64_t done, uint64_t total, bool final) {
-  std::unique_lock lock(report_mu_, std::defer_lock);
+  UniqueLock lock(report_mu_, std::defer_lock);
   if (final)
     lock.lock();
   else if (!lock.try_lock())
@@ -94,7 +95,7 @@ void Stream::report(uint64_t done, uint64_t total, bool final) {
 }
 
 Status Stream::flush_if_due(bool now) {
-  std::unique_lock lock(report_mu_, std::defer_lock);
+  UniqueLock lock(report_mu_, std::defer_lock);
   if (now)
     lock.lock();
   else if (!lock.try_lock())
@@ -169,7 +170,7 @@ bool Stream::walk(uint64_t pos, uint64_t end, PageBuffer &scratch) {
     // took.
     bool clients = false;
     {
-      std::lock_guard lock(mu_);
+      MutexLock lock(mu_);
       const uint64_t requests = image_.requests_started();
       clients = requests != requests_seen_;
       requests_seen_ = requests;
@@ -188,7 +189,7 @@ bool Stream::walk(uint64_t pos, uint64_t end, PageBuffer &scratch) {
       // The backing file failed: wait for it, with back-off. Clients that
       // do not need it go on meanwhile. One log line per outage.
       {
-        std::lock_guard lock(mu_);
+        MutexLock lock(mu_);
         if (!paused_ && options_.on_pause)
           options_.on_pause(walked.status());
         paused_ = true;
@@ -200,7 +201,7 @@ bool Stream::walk(uint64_t pos, uint64_t end, PageBuffer &scratch) {
       continue;
     }
     if (failing) {
-      std::lock_guard lock(mu_);
+      MutexLock lock(mu_);
       if (paused_ && options_.on_resume)
         options_.on_resume();
       paused_ = false;
@@ -223,7 +224,7 @@ bool Stream::walk(uint64_t pos, uint64_t end, PageBuffer &scratch) {
     }
     uint64_t done;
     {
-      std::lock_guard lock(mu_);
+      MutexLock lock(mu_);
       done = std::min(next_, total_);
     }
     report(done, total_, false);
@@ -238,7 +239,7 @@ void Stream::work() {
     for (;;) {
       uint64_t pos;
       {
-        std::lock_guard lock(mu_);
+        MutexLock lock(mu_);
         if (stop_ || next_ >= total_)
           return;
         pos = next_;
@@ -255,7 +256,7 @@ void Stream::work() {
 Result<bool> Stream::run() {
   started_ = Clock::now();
   {
-    std::lock_guard lock(report_mu_);
+    MutexLock lock(report_mu_);
     last_report_ = last_flush_ = started_;
   }
   BlockSource *below = image_.backing();
@@ -272,7 +273,7 @@ Result<bool> Stream::run() {
     step = std::min(step, options_.rate / 4);
   step_bytes_ = std::max(round_down(step, cs), cs);
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     requests_seen_ = image_.requests_started();
   }
   // With a rate the copies are few and far between: one worker does.
@@ -290,7 +291,7 @@ Result<bool> Stream::run() {
   Status failure;
   bool stopped;
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     failure = failure_;
     stopped = stop_;
   }

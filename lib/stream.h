@@ -34,13 +34,12 @@
 
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
 #include <functional>
-#include <mutex>
 #include <string>
 
 #include "image.h"
+#include "thread_annotations.h"
 
 namespace qed {
 
@@ -106,17 +105,18 @@ private:
   uint64_t total_ = 0, step_bytes_ = 0;  // set before the workers start
   std::atomic<uint64_t> copied_{0};
 
-  std::mutex mu_;
-  std::condition_variable cv_;  // waited on with mu_
-  bool stop_ = false;           // guarded by mu_
-  uint64_t next_ = 0;           // guarded by mu_: the next window to claim
-  Status failure_;              // guarded by mu_: the first failure
-  bool paused_ = false;         // guarded by mu_: the backing file fails
-  uint64_t requests_seen_ = 0;  // guarded by mu_
+  Mutex mu_;
+  CondVar cv_;  // waited on with mu_
+  bool stop_ GUARDED_BY(mu_) = false;
+  uint64_t next_ GUARDED_BY(mu_) = 0;           // the next window to claim
+  Status failure_ GUARDED_BY(mu_);              // the first failure
+  bool paused_ GUARDED_BY(mu_) = false;         // the backing file fails
+  uint64_t requests_seen_ GUARDED_BY(mu_) = 0;
 
-  std::mutex report_mu_;
-  std::chrono::steady_clock::time_point last_report_, last_flush_;  // guarded by report_mu_
-  uint64_t copied_at_last_report_ = 0;                             // guarded by report_mu_
+  Mutex report_mu_;
+  std::chrono::steady_clock::time_point last_report_ GUARDED_BY(report_mu_);
+  std::chrono::steady_clock::time_point last_flush_ GUARDED_BY(report_mu_);
+  uint64_t copied_at_last_report_ GUARDED_BY(report_mu_) = 0;
 };
 
 // "streamed 512 MiB of 1 GiB (50%), 1.2 GiB copied, 96.0 MiB/s": the words

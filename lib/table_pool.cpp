@@ -42,7 +42,7 @@ TablePool::~TablePool() {
 TableBuffer TablePool::take(uint64_t size) {
   size = std::min(size, entries_);
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     if (free_) {
       uint64_t *b = free_;
       std::memcpy(&free_, b, sizeof free_);
@@ -50,19 +50,19 @@ TableBuffer TablePool::take(uint64_t size) {
     }
   }
   auto *b = static_cast<uint64_t *>(::operator new(entries_ * 8));  // may throw
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   allocated_++;
   return TableBuffer(this, b, size);
 }
 
 void TablePool::give(uint64_t *buffer) noexcept {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   std::memcpy(buffer, &free_, sizeof free_);
   free_ = buffer;
 }
 
 uint64_t TablePool::allocated() {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   return allocated_;
 }
 

@@ -13,9 +13,10 @@
 #pragma once
 
 #include <cstdint>
-#include <mutex>
 #include <span>
 #include <utility>
+
+#include "thread_annotations.h"
 
 namespace qed {
 
@@ -75,16 +76,16 @@ public:
   // entries()). Throws std::bad_alloc when there is no memory for a new one.
   TableBuffer take(uint64_t size);
   // Buffers allocated so far: the most that were ever in use at once.
-  uint64_t allocated();
+  uint64_t allocated() EXCLUDES(mu_);
 
 private:
   friend class TableBuffer;
   void give(uint64_t *buffer) noexcept;
 
   const uint64_t entries_;
-  std::mutex mu_;
-  uint64_t *free_ = nullptr;  // guarded by mu_; linked through each buffer's first entry
-  uint64_t allocated_ = 0;    // guarded by mu_
+  Mutex mu_;
+  uint64_t *free_ GUARDED_BY(mu_) = nullptr;  // linked through each buffer's first entry
+  uint64_t allocated_ GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace qed

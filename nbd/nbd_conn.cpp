@@ -30,7 +30,7 @@ int ms_until(Clock::time_point t) {
 // thread's stack for the whole of Conn::run; its members are guarded by the
 // connection's mu_.
 struct Waiter {
-  std::condition_variable wake;  // its commands are done, or it may lead now
+  qed::CondVar wake;  // its commands are done, or it may lead now
   unsigned pending = 0;          // commands issued and not done
   bool timed_out = false;        // its deadline passed with commands in flight
   // In the connection's list of followers while it waits as one (linked
@@ -99,7 +99,7 @@ Conn::~Conn() {
 }
 
 bool Conn::usable() {
-  std::lock_guard lock(mu_);
+  qed::MutexLock lock(mu_);
   return !broken_ && !stopping_ && alive(h_.get());
 }
 
@@ -116,7 +116,7 @@ void Conn::drain_kicks() {
   [[maybe_unused]] const ssize_t n = ::read(wake_fd_, &count, sizeof count);
 }
 
-void Conn::lead_once(std::unique_lock<std::mutex> &lock, Waiter &w, Clock::time_point deadline) {
+void Conn::lead_once(Waiter &w, Clock::time_point deadline) {
   nbd_handle *h = h_.get();
   if (broken_ && !shut_) {
     // libnbd reads EOF next and fails every command in flight.
@@ -143,10 +143,10 @@ void Conn::lead_once(std::unique_lock<std::mutex> &lock, Waiter &w, Clock::time_
   int timeout = broken_ ? 1000 : ms_until(deadline);  // a shut-down socket is readable at once
   if (wake_fd_ < 0)
     timeout = std::min(timeout, 10);
-  lock.unlock();
+  mu_.unlock();
   const int r = ::poll(fds, 2, timeout);
   const int poll_errno = errno;
-  lock.lock();
+  mu_.lock();
   if (r == 0 || (r < 0 && poll_errno != EINTR)) {
     if (r < 0 || Clock::now() >= deadline) {
       if (w.pending > 0 && !broken_)
@@ -173,7 +173,7 @@ void Conn::lead_once(std::unique_lock<std::mutex> &lock, Waiter &w, Clock::time_
     broken_ = true;
 }
 
-bool Conn::replies_waiting(std::unique_lock<std::mutex> &lock) {
+bool Conn::replies_waiting() {
   nbd_handle *h = h_.get();
   if (!first_pending())
     return false;
@@ -181,24 +181,24 @@ bool Conn::replies_waiting(std::unique_lock<std::mutex> &lock) {
   if (fd < 0 || !alive(h) || !(nbd_aio_get_direction(h) & LIBNBD_AIO_DIRECTION_READ))
     return false;
   pollfd p{fd, POLLIN, 0};
-  lock.unlock();
+  mu_.unlock();
   const int r = ::poll(&p, 1, 0);
-  lock.lock();
+  mu_.lock();
   if (r != 1 || nbd_aio_get_fd(h) != fd || !(p.revents & (POLLIN | POLLHUP | POLLERR)))
     return false;
   return nbd_aio_notify_read(h) != -1;
 }
 
-void Conn::wait(std::unique_lock<std::mutex> &lock, Waiter &w, Clock::time_point deadline) {
+void Conn::wait(Waiter &w, Clock::time_point deadline) {
   while (w.pending > 0) {
     if (!leading_) {
       leading_ = true;
       while (w.pending > 0)
-        lead_once(lock, w, deadline);
+        lead_once(w, deadline);
       // Replies for others that are already here are read before the role
       // passes on: their threads are woken once, by us, rather than once to
       // lead and again by their reply.
-      while (!broken_ && replies_waiting(lock))
+      while (!broken_ && replies_waiting())
         ;
       leading_ = false;
       // The oldest waiter still waiting leads next: its reply is likely the
@@ -211,8 +211,8 @@ void Conn::wait(std::unique_lock<std::mutex> &lock, Waiter &w, Clock::time_point
     if (w.timed_out || broken_) {
       // The leader is shutting the socket down: libnbd fails our commands
       // as soon as it reads EOF.
-      w.wake.wait_for(lock, std::chrono::milliseconds(100));
-    } else if (w.wake.wait_until(lock, deadline) == std::cv_status::timeout && w.pending > 0 &&
+      w.wake.wait_for(mu_, std::chrono::milliseconds(100));
+    } else if (!w.wake.wait_until(mu_, deadline) && w.pending > 0 &&
                leading_) {
       w.timed_out = true;
       broken_ = true;
@@ -227,7 +227,7 @@ Status Conn::run(std::vector<Command> &commands, Clock::time_point deadline, Out
   Waiter w;
   std::string failure;  // why issuing failed (issue_failed), if said
   bool issue_failed = false;
-  std::unique_lock lock(mu_);
+  qed::MutexLock lock(mu_);
   if (broken_ || stopping_ || !alive(h)) {
     outcome = Outcome::kLost;
     return Status::io_error("connection lost", EIO);
@@ -269,7 +269,7 @@ Status Conn::run(std::vector<Command> &commands, Clock::time_point deadline, Out
   // could not be written at once, or the connection died, it must look again.
   if (leading_ && (!alive(h) || (nbd_aio_get_direction(h) & LIBNBD_AIO_DIRECTION_WRITE)))
     kick();
-  wait(lock, w, deadline);
+  wait(w, deadline);
   // Another request's deadline shut the connection down, and ours has passed
   // too: ours timed out as well (no retry).
   if (broken_ && !w.timed_out && issued > 0 && Clock::now() >= deadline)

@@ -35,15 +35,14 @@
 #pragma once
 
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <vector>
 
 #include "status.h"
 #include "status_cache.h"
+#include "thread_annotations.h"
 
 struct nbd_handle;
 
@@ -107,37 +106,35 @@ public:
   qed::Status run(std::vector<Command> &commands, Clock::time_point deadline, Outcome &outcome);
 
 private:
-  // With mu_ held (in `lock`): lead, or wait as a follower, until `w`'s
-  // commands are all done.
-  void wait(std::unique_lock<std::mutex> &lock, Waiter &w, Clock::time_point deadline);
+  // Lead, or wait as a follower, until `w`'s commands are all done.
+  void wait(Waiter &w, Clock::time_point deadline) REQUIRES(mu_);
   // One round of the leader: poll the socket (mu_ released meanwhile), then
   // let libnbd read or write.
-  void lead_once(std::unique_lock<std::mutex> &lock, Waiter &w, Clock::time_point deadline);
+  void lead_once(Waiter &w, Clock::time_point deadline) REQUIRES(mu_);
   // The leader, its own commands done: reads one reply that is already on
   // the socket, if a follower still waits; false if there was none.
-  bool replies_waiting(std::unique_lock<std::mutex> &lock);
+  bool replies_waiting() REQUIRES(mu_);
   // Wakes the leader out of poll(): state changed that its poll() does not
   // watch (a command to write, the handle died, a deadline passed).
   void kick();
   void drain_kicks();
-  // With mu_ held: the list of followers.
-  void follow(Waiter &w);
-  void unfollow(Waiter &w);
-  Waiter *first_pending() const;
+  // The list of followers.
+  void follow(Waiter &w) REQUIRES(mu_);
+  void unfollow(Waiter &w) REQUIRES(mu_);
+  Waiter *first_pending() const REQUIRES(mu_);
 
   const Handle h_;
   const bool structured_;
   const int request_timeout_ms_;
   const int wake_fd_;  // eventfd: kick() writes it, the leader polls it
 
-  std::mutex mu_;
-  // Guarded by mu_:
-  bool leading_ = false;          // a thread is the leader
-  Waiter *first_ = nullptr;       // followers, oldest first (a list through
-  Waiter *last_ = nullptr;        // the Waiters)
-  bool broken_ = false;           // a deadline passed with commands in flight
-  bool shut_ = false;             // the socket was shut down (broken_)
-  bool stopping_ = false;         // the server answered ESHUTDOWN
+  qed::Mutex mu_;
+  bool leading_ GUARDED_BY(mu_) = false;     // a thread is the leader
+  Waiter *first_ GUARDED_BY(mu_) = nullptr;  // followers, oldest first (a list
+  Waiter *last_ GUARDED_BY(mu_) = nullptr;   // through the Waiters)
+  bool broken_ GUARDED_BY(mu_) = false;      // a deadline passed with commands in flight
+  bool shut_ GUARDED_BY(mu_) = false;        // the socket was shut down (broken_)
+  bool stopping_ GUARDED_BY(mu_) = false;    // the server answered ESHUTDOWN
 };
 
 }  // namespace qed_nbd

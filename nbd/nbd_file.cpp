@@ -155,18 +155,25 @@ Result<std::unique_ptr<NbdFile>> NbdFile::open(const std::string &uri,
                         "each" + options.connections_hint + ")",
                     ENOTSUP);
   f->budget_ = std::move(budget);
-  f->tokens_ = 1;
+  {
+    qed::MutexLock lock(f->mu_);  // nobody else has it yet: for the analysis
+    f->tokens_ = 1;
+  }
   auto h = f->connect(true, Clock::now() + std::chrono::milliseconds(options.connect_timeout_ms));
   Status s = h ? f->learn(h->get()) : h.status();
   if (!s.is_ok())
     return f->error(s.message());
-  f->backoff_ms_ = options.backoff_min_ms;
-  f->conns_.push_back(Slot{std::make_shared<Conn>(std::move(*h), true, options.request_timeout_ms)});
+  {
+    qed::MutexLock lock(f->mu_);
+    f->backoff_ms_ = options.backoff_min_ms;
+    f->conns_.push_back(
+        Slot{std::make_shared<Conn>(std::move(*h), true, options.request_timeout_ms)});
+  }
   return f;
 }
 
 unsigned NbdFile::open_connections() {
-  std::lock_guard lock(mu_);
+  qed::MutexLock lock(mu_);
   return open_locked();
 }
 
@@ -233,7 +240,7 @@ std::optional<size_t> NbdFile::pick_shared_locked(bool status) const {
 }
 
 Result<std::shared_ptr<Conn>> NbdFile::acquire(bool status, Clock::time_point deadline) {
-  std::unique_lock lock(mu_);
+  qed::UniqueLock lock(mu_);
   for (;;) {
     auto i = pick_idle_locked(status);
     if (!i && take_place_locked())
@@ -256,7 +263,7 @@ Result<std::shared_ptr<Conn>> NbdFile::acquire(bool status, Clock::time_point de
       lock.lock();
       continue;
     }
-    if (changed_.wait_until(lock, deadline) == std::cv_status::timeout &&
+    if (!changed_.wait_until(mu_, deadline) &&
         !pick_idle_locked(status) && !pick_shared_locked(status) && !may_open_locked())
       return failed("no connection became free within " +
                     std::to_string(options_.request_timeout_ms) + " ms");
@@ -295,7 +302,7 @@ Result<std::shared_ptr<Conn>> NbdFile::acquire(bool status, Clock::time_point de
 void NbdFile::release(const std::shared_ptr<Conn> &c, bool keep) {
   std::shared_ptr<Conn> closing;
   {
-    std::lock_guard lock(mu_);
+    qed::MutexLock lock(mu_);
     auto it = std::find_if(conns_.begin(), conns_.end(),
                            [&](const Slot &s) { return s.conn == c; });
     if (it != conns_.end()) {  // else dropped or made room meanwhile
@@ -317,7 +324,7 @@ void NbdFile::release(const std::shared_ptr<Conn> &c, bool keep) {
 void NbdFile::drop_idle() {
   std::vector<std::shared_ptr<Conn>> dead;
   {
-    std::lock_guard lock(mu_);
+    qed::MutexLock lock(mu_);
     for (auto it = conns_.begin(); it != conns_.end();) {
       if (it->users == 0) {
         dead.push_back(std::move(it->conn));
@@ -398,11 +405,11 @@ Status NbdFile::pread(void *buf, size_t count, uint64_t offset) {
   return Status::ok();
 }
 
-Result<qed::File::Run> NbdFile::probe_run(uint64_t offset, uint64_t limit) {
+Result<qed::File::Region> NbdFile::probe_run(uint64_t offset, uint64_t limit) {
   if (offset >= size_)
-    return Run{true, limit};
+    return Region{true, limit};
   if (!block_status_ || limit == 0)
-    return Run{false, limit};
+    return Region{false, limit};
   if (auto kept = status_.find(offset, limit))
     return *kept;
   // Ask about whole blocks from the one holding `offset`, as far as the
@@ -413,7 +420,7 @@ Result<qed::File::Run> NbdFile::probe_run(uint64_t offset, uint64_t limit) {
   count = std::min(qed::round_up(count, min_block_), qed::round_down(size_ - first, min_block_));
   count = std::min(count, qed::round_down(UINT32_MAX, min_block_));
   if (count == 0)  // the partial block at the end, which the server cannot answer for
-    return Run{false, limit};
+    return Region{false, limit};
   StatusReply reply(first, count);
   std::vector<Command> commands(1);
   commands[0].read = false;
@@ -425,7 +432,7 @@ Result<qed::File::Run> NbdFile::probe_run(uint64_t offset, uint64_t limit) {
   if (auto answered = status_.find(offset, limit))
     return *answered;
   // No answer for `offset`: call it data, which is always safe.
-  return Run{false, limit};
+  return Region{false, limit};
 }
 
 }  // namespace qed_nbd

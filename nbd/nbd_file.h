@@ -52,10 +52,8 @@
 #pragma once
 
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -104,7 +102,7 @@ public:
   // Everything is data when the server has no block status. Replies are
   // kept (status_cache.h), so a walk over the export costs requests and
   // extents linear in its extents.
-  qed::Result<Run> probe_run(uint64_t offset, uint64_t limit) override;
+  qed::Result<Region> probe_run(uint64_t offset, uint64_t limit) override;
 
   // The write side: a backing file is never written. All fail with EROFS.
   qed::Status pwrite(const void *buf, size_t count, uint64_t offset) override;
@@ -142,12 +140,12 @@ private:
   // idle one, a new one when the pool may grow, else a busy one to share.
   // Fails at once inside the back-off delay.
   qed::Result<std::shared_ptr<Conn>> acquire(bool status, Clock::time_point deadline);
-  std::optional<size_t> pick_idle_locked(bool status) const;
-  std::optional<size_t> pick_shared_locked(bool status) const;
-  unsigned open_locked() const { return unsigned(conns_.size()) + opening_; }
-  bool may_open_locked() const;
-  bool take_place_locked();
-  void give_back_places_locked();
+  std::optional<size_t> pick_idle_locked(bool status) const REQUIRES(mu_);
+  std::optional<size_t> pick_shared_locked(bool status) const REQUIRES(mu_);
+  unsigned open_locked() const REQUIRES(mu_) { return unsigned(conns_.size()) + opening_; }
+  bool may_open_locked() const REQUIRES(mu_);
+  bool take_place_locked() REQUIRES(mu_);
+  void give_back_places_locked() REQUIRES(mu_);
   // A request is done with `c`; unless `keep`, the connection retires.
   void release(const std::shared_ptr<Conn> &c, bool keep);
   // The connection died: close the idle ones too (same server).
@@ -172,17 +170,16 @@ private:
 
   StatusCache status_;  // thread-safe by itself
 
-  std::mutex mu_;
+  qed::Mutex mu_;
   // A connection came back, a place freed up, or connecting failed: every
   // waiter looks again (several may go on at once, or all fail at once).
-  std::condition_variable changed_;
-  // Guarded by mu_:
-  std::vector<Slot> conns_;          // open connections, idle or in use
-  unsigned opening_ = 0;             // connections being made
-  unsigned tokens_ = 0;              // places held: max(1, open) (open(): 1)
-  Clock::time_point retry_at_{};     // no connection attempt before this
-  int backoff_ms_ = 0;               // delay after the next failed attempt
-  std::string last_failure_;         // why the last attempt failed
+  qed::CondVar changed_;
+  std::vector<Slot> conns_ GUARDED_BY(mu_);       // open connections, idle or in use
+  unsigned opening_ GUARDED_BY(mu_) = 0;          // connections being made
+  unsigned tokens_ GUARDED_BY(mu_) = 0;           // places held: max(1, open) (open(): 1)
+  Clock::time_point retry_at_ GUARDED_BY(mu_){};  // no connection attempt before this
+  int backoff_ms_ GUARDED_BY(mu_) = 0;            // delay after the next failed attempt
+  std::string last_failure_ GUARDED_BY(mu_);      // why the last attempt failed
 };
 
 }  // namespace qed_nbd

@@ -32,8 +32,8 @@ void StatusReply::reset() {
   ended_ = false;
 }
 
-std::optional<qed::File::Run> StatusCache::find(uint64_t offset, uint64_t limit) {
-  std::lock_guard lock(mu_);
+std::optional<qed::File::Region> StatusCache::find(uint64_t offset, uint64_t limit) {
+  qed::MutexLock lock(mu_);
   for (Slot &slot : slots_) {
     const StatusReply &r = slot.reply;
     if (slot.used == 0 || offset < r.offset_ || offset >= r.pos_)
@@ -44,13 +44,13 @@ std::optional<qed::File::Run> StatusCache::find(uint64_t offset, uint64_t limit)
     if (span == r.spans_.end())
       continue;  // cannot happen: offset < pos_, the end of the last span
     slot.used = ++clock_;
-    return qed::File::Run{span->zero, std::min(span->end - offset, limit)};
+    return qed::File::Region{span->zero, std::min(span->end - offset, limit)};
   }
   return std::nullopt;
 }
 
 void StatusCache::insert(StatusReply &&reply) {
-  std::lock_guard lock(mu_);
+  qed::MutexLock lock(mu_);
   const uint64_t covered = reply.pos_ - reply.offset_;
   if (reply.truncated_)
     window_ = std::max(kMinWindow, covered);  // as dense ahead as here, about kMaxSpans
@@ -72,14 +72,14 @@ void StatusCache::insert(StatusReply &&reply) {
 }
 
 void StatusCache::clear() {
-  std::lock_guard lock(mu_);
+  qed::MutexLock lock(mu_);
   for (Slot &slot : slots_)
     slot = Slot();
   window_ = kMaxWindow;
 }
 
 uint64_t StatusCache::window() {
-  std::lock_guard lock(mu_);
+  qed::MutexLock lock(mu_);
   return window_;
 }
 

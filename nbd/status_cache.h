@@ -26,11 +26,11 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <mutex>
 #include <optional>
 #include <vector>
 
 #include "file.h"
+#include "thread_annotations.h"
 
 namespace qed_nbd {
 
@@ -76,7 +76,7 @@ public:
 
   // The run at `offset` (at most `limit` bytes, and not past the end of the
   // reply holding it), if a kept reply covers `offset`.
-  std::optional<qed::File::Run> find(uint64_t offset, uint64_t limit);
+  std::optional<qed::File::Region> find(uint64_t offset, uint64_t limit);
   // Keeps `reply` (replacing the least recently used one) and adjusts the
   // window.
   void insert(StatusReply &&reply);
@@ -90,10 +90,10 @@ private:
     uint64_t used = 0;  // recency stamp; 0: empty
   };
 
-  std::mutex mu_;
-  Slot slots_[kSlots];           // guarded by mu_
-  uint64_t clock_ = 0;           // guarded by mu_
-  uint64_t window_ = kMaxWindow; // guarded by mu_
+  qed::Mutex mu_;
+  Slot slots_[kSlots] GUARDED_BY(mu_);
+  uint64_t clock_ GUARDED_BY(mu_) = 0;
+  uint64_t window_ GUARDED_BY(mu_) = kMaxWindow;
 };
 
 }  // namespace qed_nbd

@@ -12,7 +12,6 @@
 #include <algorithm>
 #include <cstdio>
 #include <memory>
-#include <mutex>
 
 #include "budget_log.h"
 #include "check_log.h"
@@ -25,6 +24,7 @@
 #include "nbd_store.h"
 #include "printable.h"
 #include "stream_task.h"
+#include "thread_annotations.h"
 
 #define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
 
@@ -37,9 +37,9 @@ using qed_nbdkit::report;
 
 // served_mu guards `served` and `served_writable`; connections keep their own
 // reference to the Image they opened.
-std::mutex served_mu;
-std::shared_ptr<qed::Image> served;
-bool served_writable = false;
+qed::Mutex served_mu;
+std::shared_ptr<qed::Image> served GUARDED_BY(served_mu);
+bool served_writable GUARDED_BY(served_mu) = false;
 
 struct Handle {
   std::shared_ptr<qed::Image> image;
@@ -91,7 +91,7 @@ qed::OpenOptions open_options(bool read_only) {
   return o;
 }
 
-int open_served(bool read_only) {
+int open_served(bool read_only) REQUIRES(served_mu) {
   auto image = qed::Image::open(config().file, open_options(read_only));
   if (!image)
     return report(image.status());
@@ -121,7 +121,7 @@ int qed_get_ready() {
       if (qed::Status s = qed::create_image(c.file, o); !s.is_ok())
         return report(s);
     }
-    std::lock_guard lock(served_mu);
+    qed::MutexLock lock(served_mu);
     // Copy-on-read and the stream write from the start: open read-write now
     // (config_complete refused them with -r).
     if (open_served(!(c.copy_on_read || c.stream)) == -1)
@@ -139,7 +139,7 @@ int qed_after_fork() {
     const Config &c = config();
     if (!c.stream)
       return 0;
-    std::lock_guard lock(served_mu);
+    qed::MutexLock lock(served_mu);
     if (!served || !served_writable) {
       nbdkit_error("%s: stream=true: the image is not open read-write", c.file.c_str());
       return -1;
@@ -152,7 +152,7 @@ int qed_after_fork() {
 void qed_cleanup() {
   guarded([] {
     stream_task.stop();  // before the close: it writes into the image
-    std::lock_guard lock(served_mu);
+    qed::MutexLock lock(served_mu);
     if (served && served_writable)
       report(served->close());
     served.reset();
@@ -166,7 +166,7 @@ void qed_cleanup() {
 void *qed_open(int readonly) {
   Handle *h = nullptr;
   guarded([&] {
-    std::lock_guard lock(served_mu);
+    qed::MutexLock lock(served_mu);
     if (!served || (!readonly && !served_writable)) {
       // Drop the read-only instance first: the file must have one owner, and
       // its locks would refuse ours. Another process that locks the image in

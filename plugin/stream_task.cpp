@@ -35,7 +35,7 @@ void run_stream(qed::Stream &stream, const std::shared_ptr<qed::Image> &image) {
 }  // namespace
 
 void StreamTask::start(std::shared_ptr<qed::Image> image, uint64_t rate) {
-  std::lock_guard lock(mu_);
+  qed::MutexLock lock(mu_);
   if (stream_)
     return;
   const std::string path = qed_nbdkit::printable(image->path());
@@ -59,7 +59,7 @@ void StreamTask::start(std::shared_ptr<qed::Image> image, uint64_t rate) {
 }
 
 void StreamTask::stop() {
-  std::lock_guard lock(mu_);
+  qed::MutexLock lock(mu_);
   if (!stream_)
     return;
   stream_->stop();

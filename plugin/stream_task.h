@@ -8,11 +8,11 @@
 
 #include <cstdint>
 #include <memory>
-#include <mutex>
 #include <thread>
 
 #include "image.h"
 #include "stream.h"
+#include "thread_annotations.h"
 
 namespace qed_plugin {
 
@@ -26,9 +26,9 @@ public:
   void stop();
 
 private:
-  std::mutex mu_;
-  std::unique_ptr<qed::Stream> stream_;  // guarded by mu_
-  std::thread thread_;                   // guarded by mu_
+  qed::Mutex mu_;
+  std::unique_ptr<qed::Stream> stream_ GUARDED_BY(mu_);
+  std::thread thread_ GUARDED_BY(mu_);
 };
 
 }  // namespace qed_plugin

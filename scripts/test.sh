@@ -3,6 +3,9 @@
 #   build/           normal build: unit, crash-state and end-to-end tests
 #   build-sanitize/  the same under AddressSanitizer + UndefinedBehaviorSanitizer
 #   build-tsan/      unit and crash-state tests under ThreadSanitizer
+#   build-tsa/       built only, with clang -Wthread-safety -Werror: every lock
+#                    that GUARDED_BY / REQUIRES names (lib/thread_annotations.h)
+#                    is held where it must be, or the build fails
 #   build-fuzz/      libFuzzer targets (clang): each one's corpus replayed, then
 #                    each fuzzed for QED_FUZZ_SECONDS (60) (tests/fuzz/meson.build)
 #   bench/bench.sh --quick, a smoke run of the benchmark (it does not gate on ratios),
@@ -15,7 +18,7 @@
 # The last line of output is "N passed, N failed[, N skipped]" over all of them.
 # Exits non-zero if anything failed (including a failed configure or build).
 #
-#   test.sh --build-only   install what is missing, configure and build the four
+#   test.sh --build-only   install what is missing, configure and build the five
 #                          trees, run nothing; one "N passed, N failed" over the
 #                          builds (what debian13-build runs in the chroot)
 set -uo pipefail
@@ -101,6 +104,21 @@ run_suite build-sanitize 3 -Dtests=true -Dsanitize=true -Dtsan=false -Dfuzz=fals
 test_args=(--suite unit --suite crash)
 run_suite build-tsan 4 -Dtests=true -Dsanitize=false -Dtsan=true -Dfuzz=false
 test_args=()
+
+# Clang's thread-safety analysis: nothing to run, the build is the check.
+echo "=== build-tsa: configure and build (clang, -Wthread-safety -Werror)"
+# The compiler is fixed when a folder is first configured: start afresh unless
+# it is clang.
+if ! grep -qs clang build-tsa/meson-info/intro-compilers.json; then
+  rm -rf build-tsa
+fi
+if CXX=clang++ CC=clang configure build-tsa -Dtests=false -Dsanitize=false -Dtsan=false \
+     -Dfuzz=false -Dcpp_args=-Wthread-safety && ninja -C build-tsa; then
+  echo "build-build-tsa OK" >>"$extra"
+else
+  echo "test: build-tsa (clang -Wthread-safety) failed" >&2
+  echo "build-build-tsa FAIL" >>"$extra"
+fi
 
 # The fuzz build's tests: each target's corpus replayed, then each target
 # fuzzed for QED_FUZZ_SECONDS, one at a time (tests/fuzz/meson.build).

@@ -79,7 +79,7 @@ public:
   qed::Status zero_range(uint64_t offset, uint64_t count) override {
     return inner_->zero_range(offset, count);
   }
-  qed::Result<Run> probe_run(uint64_t offset, uint64_t limit) override {
+  qed::Result<Region> probe_run(uint64_t offset, uint64_t limit) override {
     return inner_->probe_run(offset, limit);
   }
 

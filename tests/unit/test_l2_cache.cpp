@@ -8,7 +8,10 @@
 #include <latch>
 #include <list>
 #include <thread>
+#include <utility>
+#include <vector>
 
+#include "dirty_sectors.h"
 #include "l2_cache.h"
 #include "metadata.h"
 #include "table.h"
@@ -25,7 +28,7 @@ std::unique_ptr<CachedTable> table(L2Cache &cache, uint64_t offset, size_t entri
   auto t = std::make_unique<CachedTable>(offset);
   t->entries = cache.pool().take(entries);
   std::fill(t->entries.begin(), t->entries.end(), 0);
-  t->dirty_sectors.assign((entries + 63) / 64, false);
+  t->dirty_sectors = qed::DirtySectors(entries);
   return t;
 }
 
@@ -146,8 +149,7 @@ TEST_CASE("L2Cache charges dirty, written-back and loading tables a reserve, and
   CHECK(cache.held() == 0);
   CHECK(cache.cost_to_dirty(*a) == 2 * c);
   cache.update(a, [&] {
-    a->dirty_sectors[0] = true;
-    a->dirty_count = 1;
+    a->dirty_sectors.mark(0);
   });
   CHECK(cache.bytes() == 2 * c);
   CHECK(cache.held() == 2 * c);
@@ -155,8 +157,7 @@ TEST_CASE("L2Cache charges dirty, written-back and loading tables a reserve, and
   CHECK(cache.cost_to_dirty(*a) == 0);
   // Being written back: the reserve now stands for the copy.
   cache.update(a, [&] {
-    a->dirty_sectors[0] = false;
-    a->dirty_count = 0;
+    a->dirty_sectors.clear(0, 1);
     a->pins++;
   });
   CHECK(cache.held() == 2 * c);
@@ -164,8 +165,7 @@ TEST_CASE("L2Cache charges dirty, written-back and loading tables a reserve, and
   // Changed again while it is written back: a second reserve, for the next copy.
   CHECK(cache.cost_to_dirty(*a) == c);
   cache.update(a, [&] {
-    a->dirty_sectors[1] = true;
-    a->dirty_count = 1;
+    a->dirty_sectors.mark(1);
   });
   CHECK(cache.bytes() == 3 * c);
   CHECK(cache.held() == 3 * c);
@@ -182,8 +182,7 @@ TEST_CASE("L2Cache charges dirty, written-back and loading tables a reserve, and
   cache.update(l, [&] { l->latch.reset(); });
   cache.update(a, [&] {
     a->pins--;
-    a->dirty_sectors[1] = false;
-    a->dirty_count = 0;
+    a->dirty_sectors.clear(1, 1);
   });
   CHECK(cache.bytes() == 2 * c);
   CHECK(cache.held() == 0);
@@ -206,8 +205,7 @@ TEST_CASE("L2Cache::insert returns a table that is still in the cache") {
   L2Cache cache(2 * c, 100);
   CachedTable *a = cache.insert(table(cache, 1 << 20, 100));
   cache.update(a, [&] {
-    a->dirty_sectors[0] = true;
-    a->dirty_count = 1;
+    a->dirty_sectors.mark(0);
   });
   CachedTable *b = cache.insert(table(cache, 2 << 20, 100));
   CHECK(cache.find(2 << 20) == b);
@@ -453,3 +451,27 @@ TEST_CASE("a write creating a second table with a one-table cache") {
 }
 
 TEST_SUITE_END();
+
+TEST_CASE("DirtySectors counts marks once and finds maximal runs") {
+  qed::DirtySectors d(10 * 64 + 1);  // 11 sectors, the last one partly used
+  REQUIRE(d.sectors() == 11);
+  CHECK(!d.any());
+  d.mark(0);
+  d.mark(0);
+  d.mark(2, 3);  // 2, 3, 4
+  d.mark(4);
+  d.mark(10);
+  CHECK(d.count() == 5);
+  std::vector<std::pair<uint64_t, uint64_t>> runs;
+  d.for_each_run([&](uint64_t first, uint64_t n) { runs.emplace_back(first, n); });
+  CHECK(runs == std::vector<std::pair<uint64_t, uint64_t>>{{0, 1}, {2, 3}, {10, 1}});
+  d.clear(1, 3);  // 1 was clean: only 2 and 3 count
+  CHECK(d.count() == 3);
+  CHECK(!d.test(3));
+  CHECK(d.test(4));
+  runs.clear();
+  d.for_each_run([&](uint64_t first, uint64_t n) { runs.emplace_back(first, n); });
+  CHECK(runs == std::vector<std::pair<uint64_t, uint64_t>>{{0, 1}, {4, 1}, {10, 1}});
+  d.clear(0, 11);
+  CHECK(!d.any());
+}
