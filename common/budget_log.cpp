@@ -1,11 +1,11 @@
-#include "budget_log.h"
+#include "common/budget_log.h"
 
 #include <cinttypes>
 #include <set>
 #include <string>
 
-#include "check_log.h"
-#include "thread_annotations.h"
+#include "common/check_log.h"
+#include "lib/thread_annotations.h"
 
 namespace qed_nbdkit {
 

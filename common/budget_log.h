@@ -3,7 +3,7 @@
 // image needs at least; see minimum_cache_bytes() in lib/metadata.h).
 #pragma once
 
-#include "image.h"
+#include "lib/image.h"
 
 namespace qed_nbdkit {
 

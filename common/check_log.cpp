@@ -1,8 +1,8 @@
 #define NBDKIT_API_VERSION 2
 #include <nbdkit-plugin.h>
 
-#include "check_log.h"
-#include "printable.h"
+#include "common/check_log.h"
+#include "common/printable.h"
 
 #include <cstdarg>
 #include <cstdio>

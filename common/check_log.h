@@ -2,7 +2,7 @@
 // same words whichever front end opened the image.
 #pragma once
 
-#include "image.h"
+#include "lib/image.h"
 
 namespace qed_nbdkit {
 

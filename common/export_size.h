@@ -5,7 +5,7 @@
 #include <cstdint>
 #include <string>
 
-#include "image.h"
+#include "lib/image.h"
 
 namespace qed_nbdkit {
 

@@ -1,7 +1,7 @@
 #define NBDKIT_API_VERSION 2
 #include <nbdkit-plugin.h>
 
-#include "key_values.h"
+#include "common/key_values.h"
 
 #include <string>
 

@@ -3,8 +3,8 @@
 #define NBDKIT_API_VERSION 2
 #include <nbdkit-plugin.h>
 
-#include "nbdkit_errors.h"
-#include "printable.h"
+#include "common/nbdkit_errors.h"
+#include "common/printable.h"
 
 #include <string_view>
 

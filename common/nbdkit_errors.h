@@ -6,7 +6,7 @@
 #include <new>
 #include <utility>
 
-#include "status.h"
+#include "lib/status.h"
 
 namespace qed_nbdkit {
 

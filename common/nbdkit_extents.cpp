@@ -1,7 +1,7 @@
 #define NBDKIT_API_VERSION 2
 #include <nbdkit-plugin.h>
 
-#include "nbdkit_extents.h"
+#include "common/nbdkit_extents.h"
 
 #include <cerrno>
 

@@ -3,8 +3,8 @@
 
 #include <cstdint>
 
-#include "block_source.h"
-#include "status.h"
+#include "lib/block_source.h"
+#include "lib/status.h"
 
 struct nbdkit_extents;
 

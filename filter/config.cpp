@@ -1,12 +1,12 @@
 #include <nbdkit-filter.h>
 
-#include "config.h"
-#include "key_table.h"
-#include "key_values.h"
-#include "nbdkit_errors.h"
+#include "filter/config.h"
+#include "common/key_table.h"
+#include "common/key_values.h"
+#include "common/nbdkit_errors.h"
 
-#include "backing_store.h"
-#include "nbd_store.h"
+#include "lib/backing_store.h"
+#include "nbd/nbd_store.h"
 
 #include <algorithm>
 #include <cstdlib>

@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <optional>
 
-#include "image.h"
+#include "lib/image.h"
 
 struct nbdkit_backend;
 

@@ -17,13 +17,13 @@
 #include <algorithm>
 #include <memory>
 
-#include "config.h"
-#include "image.h"
-#include "nbdkit_errors.h"
-#include "nbdkit_extents.h"
-#include "next_file.h"
-#include "printable.h"
-#include "served.h"
+#include "filter/config.h"
+#include "lib/image.h"
+#include "common/nbdkit_errors.h"
+#include "common/nbdkit_extents.h"
+#include "filter/next_file.h"
+#include "common/printable.h"
+#include "filter/served.h"
 
 namespace qed_filter {
 namespace {

@@ -1,7 +1,7 @@
 #include <nbdkit-filter.h>
 
-#include "align.h"
-#include "next_file.h"
+#include "lib/align.h"
+#include "filter/next_file.h"
 
 #include <algorithm>
 #include <cstring>

@@ -20,7 +20,7 @@
 #include <cstdint>
 #include <string>
 
-#include "file.h"
+#include "lib/file.h"
 
 struct nbdkit_next_ops;
 

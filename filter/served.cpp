@@ -1,18 +1,18 @@
 #include <nbdkit-filter.h>
 
-#include "served.h"
+#include "filter/served.h"
 
 #include <string>
 
-#include "budget_log.h"
-#include "check_log.h"
-#include "config.h"
-#include "export_size.h"
-#include "format.h"
-#include "nbd_store.h"
-#include "next_file.h"
-#include "nbdkit_errors.h"
-#include "thread_annotations.h"
+#include "common/budget_log.h"
+#include "common/check_log.h"
+#include "filter/config.h"
+#include "common/export_size.h"
+#include "lib/format.h"
+#include "nbd/nbd_store.h"
+#include "filter/next_file.h"
+#include "common/nbdkit_errors.h"
+#include "lib/thread_annotations.h"
 
 namespace qed_filter {
 namespace {

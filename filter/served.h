@@ -28,7 +28,7 @@
 
 #include <memory>
 
-#include "image.h"
+#include "lib/image.h"
 
 struct nbdkit_next_ops;
 

@@ -1,11 +1,11 @@
-#include "backing.h"
+#include "lib/backing.h"
 
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
 
-#include "image.h"
+#include "lib/image.h"
 
 namespace qed {
 

@@ -9,9 +9,9 @@
 #include <utility>
 #include <vector>
 
-#include "backing_store.h"
-#include "block_source.h"
-#include "file.h"
+#include "lib/backing_store.h"
+#include "lib/block_source.h"
+#include "lib/file.h"
 
 namespace qed {
 

@@ -1,4 +1,4 @@
-#include "backing_store.h"
+#include "lib/backing_store.h"
 
 #include <sys/stat.h>
 

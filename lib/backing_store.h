@@ -19,9 +19,9 @@
 #include <string>
 #include <utility>
 
-#include "file.h"
-#include "file_lock.h"
-#include "status.h"
+#include "lib/file.h"
+#include "lib/file_lock.h"
+#include "lib/status.h"
 
 namespace qed {
 

@@ -1,4 +1,4 @@
-#include "block_source.h"
+#include "lib/block_source.h"
 
 #include <algorithm>
 #include <cstring>

@@ -5,7 +5,7 @@
 #include <string>
 #include <vector>
 
-#include "status.h"
+#include "lib/status.h"
 
 namespace qed {
 

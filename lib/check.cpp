@@ -1,12 +1,12 @@
-#include "check.h"
+#include "lib/check.h"
 
 #include <algorithm>
 #include <string>
 
-#include "align.h"
-#include "byte_order.h"
-#include "geometry.h"
-#include "table.h"
+#include "lib/align.h"
+#include "lib/byte_order.h"
+#include "lib/geometry.h"
+#include "lib/table.h"
 
 namespace qed {
 

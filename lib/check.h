@@ -21,8 +21,8 @@
 #include <string>
 #include <vector>
 
-#include "file.h"
-#include "format.h"
+#include "lib/file.h"
+#include "lib/format.h"
 
 namespace qed {
 

@@ -1,4 +1,4 @@
-#include "create.h"
+#include "lib/create.h"
 
 #include <unistd.h>
 
@@ -8,10 +8,10 @@
 #include <memory>
 #include <utility>
 
-#include "backing.h"
-#include "backing_store.h"
-#include "file.h"
-#include "format.h"
+#include "lib/backing.h"
+#include "lib/backing_store.h"
+#include "lib/file.h"
+#include "lib/format.h"
 
 namespace qed {
 

@@ -5,9 +5,9 @@
 
 #include <string>
 
-#include "backing_store.h"
-#include "file_lock.h"
-#include "status.h"
+#include "lib/backing_store.h"
+#include "lib/file_lock.h"
+#include "lib/status.h"
 
 namespace qed {
 

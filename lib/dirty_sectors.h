@@ -8,8 +8,8 @@
 #include <cstdint>
 #include <vector>
 
-#include "align.h"
-#include "geometry.h"  // kEntriesPerSector
+#include "lib/align.h"
+#include "lib/geometry.h"  // kEntriesPerSector
 
 namespace qed {
 

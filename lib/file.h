@@ -10,8 +10,8 @@
 #include <memory>
 #include <string>
 
-#include "file_lock.h"
-#include "status.h"
+#include "lib/file_lock.h"
+#include "lib/status.h"
 
 namespace qed {
 

@@ -1,4 +1,4 @@
-#include "file_lock.h"
+#include "lib/file_lock.h"
 
 #include <fcntl.h>
 

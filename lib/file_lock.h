@@ -31,7 +31,7 @@
 #include <functional>
 #include <string>
 
-#include "status.h"
+#include "lib/status.h"
 
 namespace qed {
 

@@ -1,8 +1,8 @@
-#include "format.h"
+#include "lib/format.h"
 
 #include <bit>
 
-#include "byte_order.h"
+#include "lib/byte_order.h"
 
 namespace qed {
 

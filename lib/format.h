@@ -14,7 +14,7 @@
 #include <cstdint>
 #include <string>
 
-#include "status.h"
+#include "lib/status.h"
 
 namespace qed {
 

@@ -1,6 +1,6 @@
-#include "geometry.h"
+#include "lib/geometry.h"
 
-#include "align.h"
+#include "lib/align.h"
 #include <algorithm>
 #include <bit>
 

@@ -6,7 +6,7 @@
 
 #include <cstdint>
 
-#include "format.h"
+#include "lib/format.h"
 
 namespace qed {
 

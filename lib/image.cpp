@@ -1,12 +1,12 @@
 // Opening and closing an image: header, geometry, backing chain, L1 table,
 // the NEED_CHECK flag and growing.
-#include "image.h"
+#include "lib/image.h"
 
 #include <algorithm>
 #include <iterator>
 
-#include "metadata.h"
-#include "table.h"
+#include "lib/metadata.h"
+#include "lib/table.h"
 
 namespace qed {
 

@@ -20,14 +20,14 @@
 
 #include <optional>
 
-#include "backing.h"
-#include "block_source.h"
-#include "check.h"
-#include "file.h"
-#include "format.h"
-#include "geometry.h"
-#include "run.h"
-#include "thread_annotations.h"
+#include "lib/backing.h"
+#include "lib/block_source.h"
+#include "lib/check.h"
+#include "lib/file.h"
+#include "lib/format.h"
+#include "lib/geometry.h"
+#include "lib/run.h"
+#include "lib/thread_annotations.h"
 
 namespace qed {
 

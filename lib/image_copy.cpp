@@ -17,10 +17,10 @@
 #include <cstring>
 #include <optional>
 
-#include "align.h"
-#include "image.h"
-#include "metadata.h"
-#include "page_buffer.h"
+#include "lib/align.h"
+#include "lib/image.h"
+#include "lib/metadata.h"
+#include "lib/page_buffer.h"
 
 namespace qed {
 

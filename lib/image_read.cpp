@@ -2,8 +2,8 @@
 #include <algorithm>
 #include <cstring>
 
-#include "image.h"
-#include "metadata.h"
+#include "lib/image.h"
+#include "lib/metadata.h"
 
 namespace qed {
 

@@ -104,11 +104,11 @@
 #include <algorithm>
 #include <cstring>
 
-#include "align.h"
-#include "byte_order.h"
-#include "image.h"
-#include "metadata.h"
-#include "page_buffer.h"
+#include "lib/align.h"
+#include "lib/byte_order.h"
+#include "lib/image.h"
+#include "lib/metadata.h"
+#include "lib/page_buffer.h"
 
 namespace qed {
 

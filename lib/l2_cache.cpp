@@ -1,4 +1,4 @@
-#include "l2_cache.h"
+#include "lib/l2_cache.h"
 
 namespace qed {
 

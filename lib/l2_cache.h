@@ -32,10 +32,10 @@
 #include <memory>
 #include <vector>
 
-#include "dirty_sectors.h"
-#include "status.h"
-#include "table_pool.h"
-#include "thread_annotations.h"
+#include "lib/dirty_sectors.h"
+#include "lib/status.h"
+#include "lib/table_pool.h"
+#include "lib/thread_annotations.h"
 
 namespace qed {
 

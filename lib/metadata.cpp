@@ -2,12 +2,12 @@
 // cache's budget. Allocation is in metadata_alloc.cpp, write-back in
 // metadata_writeback.cpp; the class and its locking are described in
 // metadata.h.
-#include "metadata.h"
+#include "lib/metadata.h"
 
 #include <algorithm>
 #include <utility>
 
-#include "align.h"
+#include "lib/align.h"
 
 namespace qed {
 

@@ -47,13 +47,13 @@
 #include <unordered_set>
 #include <vector>
 
-#include "dirty_sectors.h"
-#include "file.h"
-#include "geometry.h"
-#include "l2_cache.h"
-#include "run.h"
-#include "table.h"
-#include "thread_annotations.h"
+#include "lib/dirty_sectors.h"
+#include "lib/file.h"
+#include "lib/geometry.h"
+#include "lib/l2_cache.h"
+#include "lib/run.h"
+#include "lib/table.h"
+#include "lib/thread_annotations.h"
 
 namespace qed {
 

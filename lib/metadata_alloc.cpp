@@ -1,7 +1,7 @@
 // Metadata: allocation (plans, in-flight records, commit) and what happens to
 // the clusters of an allocation that failed: freed when they end the file,
 // else leaked clusters (see metadata.h).
-#include "metadata.h"
+#include "lib/metadata.h"
 
 #include <algorithm>
 #include <utility>

@@ -1,12 +1,12 @@
 // Metadata: marking entries dirty and handing them to a write-back
 // (Image::flush orders the writes; see image_write.cpp).
-#include "metadata.h"
+#include "lib/metadata.h"
 
 #include <algorithm>
 #include <span>
 #include <vector>
 
-#include "byte_order.h"
+#include "lib/byte_order.h"
 
 namespace qed {
 

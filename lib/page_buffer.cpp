@@ -1,4 +1,4 @@
-#include "page_buffer.h"
+#include "lib/page_buffer.h"
 
 #include <sys/mman.h>
 

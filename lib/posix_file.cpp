@@ -1,4 +1,4 @@
-#include "posix_file.h"
+#include "lib/posix_file.h"
 
 #include <fcntl.h>
 #include <linux/falloc.h>

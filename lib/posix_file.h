@@ -7,9 +7,9 @@
 #include <string>
 #include <utility>
 
-#include "file.h"
-#include "file_lock.h"
-#include "thread_annotations.h"
+#include "lib/file.h"
+#include "lib/file_lock.h"
+#include "lib/thread_annotations.h"
 
 namespace qed {
 

@@ -1,4 +1,4 @@
-#include "status.h"
+#include "lib/status.h"
 
 #include <cstring>
 

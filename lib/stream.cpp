@@ -1,5 +1,5 @@
 // The stream task (see stream.h).
-#include "stream.h"
+#include "lib/stream.h"
 
 #include <sys/resource.h>
 #include <sys/syscall.h>
@@ -12,8 +12,8 @@
 #include <iterator>
 #include <vector>
 
-#include "align.h"
-#include "page_buffer.h"
+#include "lib/align.h"
+#include "lib/page_buffer.h"
 
 namespace qed {
 

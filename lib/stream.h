@@ -38,8 +38,8 @@
 #include <functional>
 #include <string>
 
-#include "image.h"
-#include "thread_annotations.h"
+#include "lib/image.h"
+#include "lib/thread_annotations.h"
 
 namespace qed {
 

@@ -1,8 +1,8 @@
-#include "table.h"
+#include "lib/table.h"
 
 #include <cstring>
 
-#include "byte_order.h"
+#include "lib/byte_order.h"
 
 namespace qed {
 

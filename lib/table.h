@@ -6,7 +6,7 @@
 #include <span>
 #include <vector>
 
-#include "file.h"
+#include "lib/file.h"
 
 namespace qed {
 

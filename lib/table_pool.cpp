@@ -1,4 +1,4 @@
-#include "table_pool.h"
+#include "lib/table_pool.h"
 
 #include <algorithm>
 #include <cstring>

@@ -16,7 +16,7 @@
 #include <span>
 #include <utility>
 
-#include "thread_annotations.h"
+#include "lib/thread_annotations.h"
 
 namespace qed {
 

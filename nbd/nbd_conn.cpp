@@ -1,4 +1,4 @@
-#include "nbd_conn.h"
+#include "nbd/nbd_conn.h"
 
 #include <libnbd.h>
 #include <poll.h>

@@ -40,9 +40,9 @@
 #include <string>
 #include <vector>
 
-#include "status.h"
-#include "status_cache.h"
-#include "thread_annotations.h"
+#include "lib/status.h"
+#include "nbd/status_cache.h"
+#include "lib/thread_annotations.h"
 
 struct nbd_handle;
 

@@ -1,9 +1,9 @@
-#include "nbd_file.h"
+#include "nbd/nbd_file.h"
 
 #include <libnbd.h>
 
-#include "align.h"
-#include "this_host.h"
+#include "lib/align.h"
+#include "nbd/this_host.h"
 
 #include <algorithm>
 #include <cstring>

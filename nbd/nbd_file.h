@@ -58,11 +58,11 @@
 #include <string>
 #include <vector>
 
-#include "connection_budget.h"
-#include "file.h"
-#include "nbd_conn.h"
-#include "status.h"
-#include "status_cache.h"
+#include "nbd/connection_budget.h"
+#include "lib/file.h"
+#include "nbd/nbd_conn.h"
+#include "lib/status.h"
+#include "nbd/status_cache.h"
 
 namespace qed_nbd {
 

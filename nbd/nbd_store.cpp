@@ -1,8 +1,8 @@
-#include "nbd_store.h"
+#include "nbd/nbd_store.h"
 
 #include <iterator>
 
-#include "this_host.h"
+#include "nbd/this_host.h"
 
 namespace qed_nbd {
 

@@ -24,9 +24,9 @@
 #include <memory>
 #include <string>
 
-#include "backing_store.h"
-#include "connection_budget.h"
-#include "nbd_file.h"
+#include "lib/backing_store.h"
+#include "nbd/connection_budget.h"
+#include "nbd/nbd_file.h"
 
 namespace qed_nbd {
 

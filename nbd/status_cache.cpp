@@ -1,4 +1,4 @@
-#include "status_cache.h"
+#include "nbd/status_cache.h"
 
 #include <algorithm>
 

@@ -29,8 +29,8 @@
 #include <optional>
 #include <vector>
 
-#include "file.h"
-#include "thread_annotations.h"
+#include "lib/file.h"
+#include "lib/thread_annotations.h"
 
 namespace qed_nbd {
 

@@ -1,4 +1,4 @@
-#include "this_host.h"
+#include "nbd/this_host.h"
 
 #include <arpa/inet.h>
 #include <ifaddrs.h>

@@ -2,12 +2,12 @@
 #define NBDKIT_API_VERSION 2
 #include <nbdkit-plugin.h>
 
-#include "config.h"
-#include "check_log.h"
-#include "key_table.h"
-#include "key_values.h"
-#include "format.h"
-#include "nbdkit_args.h"
+#include "plugin/config.h"
+#include "common/check_log.h"
+#include "common/key_table.h"
+#include "common/key_values.h"
+#include "lib/format.h"
+#include "plugin/nbdkit_args.h"
 
 #include <unistd.h>
 

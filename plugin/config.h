@@ -5,9 +5,9 @@
 #include <cstdint>
 #include <string>
 
-#include "create.h"
-#include "file_lock.h"
-#include "image.h"
+#include "lib/create.h"
+#include "lib/file_lock.h"
+#include "lib/image.h"
 
 namespace qed_plugin {
 

@@ -1,4 +1,4 @@
-#include "nbdkit_args.h"
+#include "plugin/nbdkit_args.h"
 
 #include <cstdlib>
 #include <cstring>

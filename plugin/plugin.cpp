@@ -13,18 +13,18 @@
 #include <cstdio>
 #include <memory>
 
-#include "budget_log.h"
-#include "check_log.h"
-#include "config.h"
-#include "create.h"
-#include "export_size.h"
-#include "image.h"
-#include "nbdkit_errors.h"
-#include "nbdkit_extents.h"
-#include "nbd_store.h"
-#include "printable.h"
-#include "stream_task.h"
-#include "thread_annotations.h"
+#include "common/budget_log.h"
+#include "common/check_log.h"
+#include "plugin/config.h"
+#include "lib/create.h"
+#include "common/export_size.h"
+#include "lib/image.h"
+#include "common/nbdkit_errors.h"
+#include "common/nbdkit_extents.h"
+#include "nbd/nbd_store.h"
+#include "common/printable.h"
+#include "plugin/stream_task.h"
+#include "lib/thread_annotations.h"
 
 #define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
 

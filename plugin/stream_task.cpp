@@ -1,10 +1,10 @@
 #define NBDKIT_API_VERSION 2
 #include <nbdkit-plugin.h>
 
-#include "stream_task.h"
+#include "plugin/stream_task.h"
 
-#include "check_log.h"
-#include "printable.h"
+#include "common/check_log.h"
+#include "common/printable.h"
 
 namespace qed_plugin {
 

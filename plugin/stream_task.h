@@ -10,9 +10,9 @@
 #include <memory>
 #include <thread>
 
-#include "image.h"
-#include "stream.h"
-#include "thread_annotations.h"
+#include "lib/image.h"
+#include "lib/stream.h"
+#include "lib/thread_annotations.h"
 
 namespace qed_plugin {
 

@@ -20,9 +20,9 @@
 #include <string>
 #include <thread>
 
-#include "image.h"
-#include "nbd_store.h"
-#include "stream.h"
+#include "lib/image.h"
+#include "nbd/nbd_store.h"
+#include "lib/stream.h"
 
 namespace {
 

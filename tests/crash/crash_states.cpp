@@ -27,11 +27,11 @@
 #include <string>
 #include <thread>
 
-#include "byte_order.h"
-#include "crash_model.h"
-#include "create.h"
-#include "fault_file.h"
-#include "image.h"
+#include "lib/byte_order.h"
+#include "tests/support/crash_model.h"
+#include "lib/create.h"
+#include "tests/support/fault_file.h"
+#include "lib/image.h"
 
 namespace {
 

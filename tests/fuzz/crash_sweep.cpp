@@ -1,10 +1,10 @@
-#include "crash_sweep.h"
+#include "tests/fuzz/crash_sweep.h"
 
 #include <cstring>
 #include <random>
 
-#include "format.h"
-#include "test_helpers.h"
+#include "lib/format.h"
+#include "tests/support/test_helpers.h"
 
 namespace fuzz {
 

@@ -14,7 +14,7 @@
 #include <string>
 #include <vector>
 
-#include "crash_model.h"
+#include "tests/support/crash_model.h"
 
 namespace fuzz {
 

@@ -1,4 +1,4 @@
-#include "disk_model.h"
+#include "tests/fuzz/disk_model.h"
 
 #include <algorithm>
 #include <cstring>

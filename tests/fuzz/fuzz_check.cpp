@@ -6,9 +6,9 @@
 #include <cstdio>
 #include <cstdlib>
 
-#include "check.h"
-#include "fuzz_image.h"
-#include "qed_mutator.h"
+#include "lib/check.h"
+#include "tests/fuzz/fuzz_image.h"
+#include "tests/fuzz/qed_mutator.h"
 
 namespace {
 

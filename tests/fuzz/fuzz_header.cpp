@@ -4,9 +4,9 @@
 #include <cstdlib>
 #include <cstring>
 
-#include "byte_order.h"
-#include "format.h"
-#include "geometry.h"
+#include "lib/byte_order.h"
+#include "lib/format.h"
+#include "lib/geometry.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (size < qed::kHeaderBytes + 8)

@@ -1,13 +1,13 @@
-#include "fuzz_image.h"
+#include "tests/fuzz/fuzz_image.h"
 
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 
-#include "disk_model.h"
-#include "table.h"
-#include "test_helpers.h"
+#include "tests/fuzz/disk_model.h"
+#include "lib/table.h"
+#include "tests/support/test_helpers.h"
 
 namespace fuzz {
 

@@ -9,10 +9,10 @@
 #include <memory>
 #include <vector>
 
-#include "fault_file.h"
-#include "format.h"
-#include "geometry.h"
-#include "image.h"
+#include "tests/support/fault_file.h"
+#include "lib/format.h"
+#include "lib/geometry.h"
+#include "lib/image.h"
 
 namespace fuzz {
 

@@ -28,7 +28,7 @@
 // reads as zeroes, so every input is valid.
 #include <vector>
 
-#include "request_harness.h"
+#include "tests/fuzz/request_harness.h"
 
 namespace {
 

@@ -8,9 +8,9 @@
 // any failure must be a clean Status.
 #include <cstring>
 
-#include "check.h"
-#include "fuzz_image.h"
-#include "qed_mutator.h"
+#include "lib/check.h"
+#include "tests/fuzz/fuzz_image.h"
+#include "tests/fuzz/qed_mutator.h"
 
 namespace {
 

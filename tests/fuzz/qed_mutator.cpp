@@ -1,4 +1,4 @@
-#include "qed_mutator.h"
+#include "tests/fuzz/qed_mutator.h"
 
 #include <algorithm>
 #include <cstdlib>
@@ -7,11 +7,11 @@
 #include <string>
 #include <vector>
 
-#include "byte_order.h"
-#include "format.h"
-#include "fuzz_image.h"
-#include "table.h"
-#include "test_helpers.h"
+#include "lib/byte_order.h"
+#include "lib/format.h"
+#include "tests/fuzz/fuzz_image.h"
+#include "lib/table.h"
+#include "tests/support/test_helpers.h"
 
 extern "C" size_t LLVMFuzzerMutate(uint8_t *data, size_t size, size_t max_size);
 

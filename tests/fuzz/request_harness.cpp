@@ -1,4 +1,4 @@
-#include "request_harness.h"
+#include "tests/fuzz/request_harness.h"
 
 #include <algorithm>
 #include <cstdio>
@@ -7,9 +7,9 @@
 #include <map>
 #include <random>
 
-#include "crash_sweep.h"
-#include "fuzz_image.h"
-#include "test_helpers.h"
+#include "tests/fuzz/crash_sweep.h"
+#include "tests/fuzz/fuzz_image.h"
+#include "tests/support/test_helpers.h"
 
 namespace fuzz {
 

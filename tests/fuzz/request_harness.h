@@ -9,12 +9,12 @@
 #include <string>
 #include <vector>
 
-#include "check.h"
-#include "crash_model.h"
-#include "disk_model.h"
-#include "fault_file.h"
-#include "image.h"
-#include "request_world.h"
+#include "lib/check.h"
+#include "tests/support/crash_model.h"
+#include "tests/fuzz/disk_model.h"
+#include "tests/support/fault_file.h"
+#include "lib/image.h"
+#include "tests/fuzz/request_world.h"
 
 namespace fuzz {
 

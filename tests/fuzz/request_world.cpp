@@ -1,4 +1,4 @@
-#include "request_world.h"
+#include "tests/fuzz/request_world.h"
 
 #include <unistd.h>
 
@@ -7,9 +7,9 @@
 #include <cstring>
 #include <filesystem>
 
-#include "create.h"
-#include "fuzz_image.h"
-#include "image.h"
+#include "lib/create.h"
+#include "tests/fuzz/fuzz_image.h"
+#include "lib/image.h"
 
 namespace fuzz {
 

@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "status.h"
+#include "lib/status.h"
 
 namespace fuzz {
 

@@ -26,7 +26,7 @@
 #include <thread>
 #include <vector>
 
-#include "nbd_file.h"
+#include "nbd/nbd_file.h"
 
 namespace nbd_test {
 

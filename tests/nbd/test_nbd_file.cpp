@@ -22,9 +22,9 @@
 #include <thread>
 #include <vector>
 
-#include "nbd_file.h"
-#include "nbd_store.h"
-#include "nbd_test_util.h"
+#include "nbd/nbd_file.h"
+#include "nbd/nbd_store.h"
+#include "tests/nbd/nbd_test_util.h"
 
 using qed::Status;
 using qed_nbd::NbdFile;

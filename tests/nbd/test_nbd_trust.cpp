@@ -13,9 +13,9 @@
 #include <thread>
 #include <vector>
 
-#include "nbd_store.h"
-#include "nbd_test_util.h"
-#include "this_host.h"
+#include "nbd/nbd_store.h"
+#include "tests/nbd/nbd_test_util.h"
+#include "nbd/this_host.h"
 
 using qed::Status;
 using qed_nbd::NbdFile;

@@ -3,7 +3,7 @@
 // reply goes when the slots are full.
 #include <doctest/doctest.h>
 
-#include "status_cache.h"
+#include "nbd/status_cache.h"
 
 using qed_nbd::StatusCache;
 using qed_nbd::StatusReply;

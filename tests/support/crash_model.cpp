@@ -1,4 +1,4 @@
-#include "crash_model.h"
+#include "tests/support/crash_model.h"
 
 #include <algorithm>
 #include <cstring>

@@ -26,7 +26,7 @@
 #include <random>
 #include <vector>
 
-#include "crash_record.h"
+#include "tests/support/crash_record.h"
 
 namespace crash {
 

@@ -1,4 +1,4 @@
-#include "fault_file.h"
+#include "tests/support/fault_file.h"
 
 #include <algorithm>
 #include <cstring>

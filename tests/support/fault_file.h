@@ -10,8 +10,8 @@
 #include <shared_mutex>
 #include <vector>
 
-#include "crash_record.h"
-#include "file.h"
+#include "tests/support/crash_record.h"
+#include "lib/file.h"
 
 namespace qed {
 

@@ -11,7 +11,7 @@
 #include <memory>
 #include <mutex>
 
-#include "test_helpers.h"
+#include "tests/support/test_helpers.h"
 
 namespace qt {
 

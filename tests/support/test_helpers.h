@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "file.h"
+#include "lib/file.h"
 
 namespace qt {
 

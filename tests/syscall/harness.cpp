@@ -108,10 +108,10 @@
 #include <string>
 #include <vector>
 
-#include "preload_selftest.h"
-#include "recording.h"
-#include "schedule.h"
-#include "state_check.h"
+#include "tests/syscall/preload_selftest.h"
+#include "tests/syscall/recording.h"
+#include "tests/syscall/schedule.h"
+#include "tests/syscall/state_check.h"
 
 namespace qsys {
 namespace {

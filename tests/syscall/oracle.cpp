@@ -1,4 +1,4 @@
-#include "oracle.h"
+#include "tests/syscall/oracle.h"
 
 #include <algorithm>
 #include <cstring>

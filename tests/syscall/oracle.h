@@ -18,7 +18,7 @@
 #include <string>
 #include <vector>
 
-#include "workload.h"
+#include "tests/syscall/workload.h"
 
 namespace qsys {
 

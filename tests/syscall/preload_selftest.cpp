@@ -1,4 +1,4 @@
-#include "preload_selftest.h"
+#include "tests/syscall/preload_selftest.h"
 
 #include <fcntl.h>
 #include <linux/falloc.h>
@@ -11,9 +11,9 @@
 #include <cstring>
 #include <vector>
 
-#include "recording.h"
-#include "crash_model.h"
-#include "syscall_log.h"
+#include "tests/syscall/recording.h"
+#include "tests/support/crash_model.h"
+#include "tests/syscall/syscall_log.h"
 
 namespace qsys {
 

@@ -10,7 +10,7 @@
 
 #include <string>
 
-#include "process.h"
+#include "tests/syscall/process.h"
 
 namespace qsys {
 

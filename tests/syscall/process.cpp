@@ -1,4 +1,4 @@
-#include "process.h"
+#include "tests/syscall/process.h"
 
 #include <fcntl.h>
 #include <signal.h>

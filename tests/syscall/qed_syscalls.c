@@ -89,7 +89,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "syscall_record.h"
+#include "tests/syscall/syscall_record.h"
 
 #define EXPORT __attribute__((visibility("default")))
 

@@ -1,12 +1,12 @@
-#include "reach.h"
+#include "tests/syscall/reach.h"
 
 #include <cstring>
 
-#include "byte_order.h"
-#include "crash_model.h"
-#include "format.h"
-#include "geometry.h"
-#include "table.h"
+#include "lib/byte_order.h"
+#include "tests/support/crash_model.h"
+#include "lib/format.h"
+#include "lib/geometry.h"
+#include "lib/table.h"
 
 namespace qsys {
 

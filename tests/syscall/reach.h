@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "syscall_log.h"
+#include "tests/syscall/syscall_log.h"
 
 namespace qsys {
 

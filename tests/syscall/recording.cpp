@@ -1,6 +1,6 @@
 // Recording a run: a fresh image, nbdkit with the preload library, a
 // workload, and what the run left (see recording.h).
-#include "recording.h"
+#include "tests/syscall/recording.h"
 
 #include <sys/stat.h>
 #include <unistd.h>

@@ -11,11 +11,11 @@
 #include <utility>
 #include <vector>
 
-#include "crash_model.h"
-#include "oracle.h"
-#include "process.h"
-#include "syscall_log.h"
-#include "workload.h"
+#include "tests/support/crash_model.h"
+#include "tests/syscall/oracle.h"
+#include "tests/syscall/process.h"
+#include "tests/syscall/syscall_log.h"
+#include "tests/syscall/workload.h"
 
 namespace qsys {
 

@@ -1,5 +1,5 @@
 // Schedules, not just states: see schedule.h.
-#include "schedule.h"
+#include "tests/syscall/schedule.h"
 
 #include <limits.h>
 #include <unistd.h>
@@ -17,13 +17,13 @@
 #include <utility>
 #include <vector>
 
-#include "check.h"
-#include "crash_model.h"
-#include "fault_file.h"
-#include "format.h"
-#include "oracle.h"
-#include "reach.h"
-#include "recording.h"
+#include "lib/check.h"
+#include "tests/support/crash_model.h"
+#include "tests/support/fault_file.h"
+#include "lib/format.h"
+#include "tests/syscall/oracle.h"
+#include "tests/syscall/reach.h"
+#include "tests/syscall/recording.h"
 
 namespace qsys {
 

@@ -1,13 +1,13 @@
-#include "state_check.h"
+#include "tests/syscall/state_check.h"
 
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
 
-#include "check.h"
-#include "fault_file.h"
-#include "format.h"
-#include "image.h"
+#include "lib/check.h"
+#include "tests/support/fault_file.h"
+#include "lib/format.h"
+#include "lib/image.h"
 
 namespace qsys {
 namespace {

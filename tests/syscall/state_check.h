@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "recording.h"
+#include "tests/syscall/recording.h"
 
 namespace qsys {
 

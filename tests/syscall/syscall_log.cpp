@@ -1,4 +1,4 @@
-#include "syscall_log.h"
+#include "tests/syscall/syscall_log.h"
 
 #include <linux/falloc.h>
 

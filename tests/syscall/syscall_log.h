@@ -5,8 +5,8 @@
 #include <string>
 #include <vector>
 
-#include "crash_record.h"
-#include "syscall_record.h"
+#include "tests/support/crash_record.h"
+#include "tests/syscall/syscall_record.h"
 
 namespace qsys {
 

@@ -1,4 +1,4 @@
-#include "workload.h"
+#include "tests/syscall/workload.h"
 
 #include <libnbd.h>
 #include <time.h>

@@ -1,6 +1,6 @@
 // The interposed system calls of posix_hooks.h: definitions in this binary
 // come before the C library's, and pass every call on to it.
-#include "posix_hooks.h"
+#include "tests/unit/posix_hooks.h"
 
 #include <dlfcn.h>
 #include <fcntl.h>

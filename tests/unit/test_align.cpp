@@ -5,7 +5,7 @@
 
 #include <cstdint>
 
-#include "align.h"
+#include "lib/align.h"
 
 TEST_SUITE_BEGIN("align");
 

@@ -12,8 +12,8 @@
 #include <cstring>
 #include <new>
 
-#include "image.h"
-#include "test_util.h"
+#include "lib/image.h"
+#include "tests/unit/test_util.h"
 
 namespace alloc_hook {
 

@@ -5,9 +5,9 @@
 #include <algorithm>
 #include <cstring>
 
-#include "backing.h"
-#include "image.h"
-#include "test_util.h"
+#include "lib/backing.h"
+#include "lib/image.h"
+#include "tests/unit/test_util.h"
 
 using qed::Image;
 using qed::Status;

@@ -7,10 +7,10 @@
 #include <cstring>
 #include <filesystem>
 
-#include "backing_store.h"
-#include "create.h"
-#include "image.h"
-#include "test_util.h"
+#include "lib/backing_store.h"
+#include "lib/create.h"
+#include "lib/image.h"
+#include "tests/unit/test_util.h"
 
 using qed::Image;
 using qed::Status;

@@ -6,11 +6,11 @@
 #include <filesystem>
 #include <string>
 
-#include "check.h"
-#include "create.h"
-#include "byte_order.h"
-#include "fault_file.h"
-#include "image.h"
+#include "lib/check.h"
+#include "lib/create.h"
+#include "lib/byte_order.h"
+#include "tests/support/fault_file.h"
+#include "lib/image.h"
 
 namespace {
 

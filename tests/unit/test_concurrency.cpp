@@ -8,8 +8,8 @@
 #include <set>
 #include <thread>
 
-#include "image.h"
-#include "test_util.h"
+#include "lib/image.h"
+#include "tests/unit/test_util.h"
 
 using qed::Image;
 using qed::Status;

@@ -7,9 +7,9 @@
 #include <cstring>
 #include <thread>
 
-#include "gate_file.h"
-#include "stream.h"
-#include "test_util.h"
+#include "tests/support/gate_file.h"
+#include "lib/stream.h"
+#include "tests/unit/test_util.h"
 
 using qed::Image;
 using qed::Run;

@@ -10,7 +10,7 @@
 #include <set>
 #include <vector>
 
-#include "crash_model.h"
+#include "tests/support/crash_model.h"
 
 TEST_SUITE_BEGIN("crash-model");
 

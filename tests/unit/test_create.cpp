@@ -3,8 +3,8 @@
 
 #include <algorithm>
 
-#include "create.h"
-#include "test_util.h"
+#include "lib/create.h"
+#include "tests/unit/test_util.h"
 
 using qed::Status;
 using Code = qed::Status::Code;

@@ -9,10 +9,10 @@
 #include <cstring>
 #include <thread>
 
-#include "byte_order.h"
-#include "check.h"
-#include "image.h"
-#include "test_util.h"
+#include "lib/byte_order.h"
+#include "lib/check.h"
+#include "lib/image.h"
+#include "tests/unit/test_util.h"
 
 using qed::FileOp;
 

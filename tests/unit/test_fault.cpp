@@ -7,9 +7,9 @@
 #include <cstring>
 #include <random>
 
-#include "crash_model.h"
-#include "image.h"
-#include "test_util.h"
+#include "tests/support/crash_model.h"
+#include "lib/image.h"
+#include "tests/unit/test_util.h"
 
 using qed::FileOp;
 using qed::Image;

@@ -18,11 +18,11 @@
 #include <string>
 #include <vector>
 
-#include "create.h"
-#include "file.h"
-#include "file_lock.h"
-#include "image.h"
-#include "test_util.h"
+#include "lib/create.h"
+#include "lib/file.h"
+#include "lib/file_lock.h"
+#include "lib/image.h"
+#include "tests/unit/test_util.h"
 
 namespace lock_hooks {
 

@@ -6,9 +6,9 @@
 
 #include <algorithm>
 
-#include "byte_order.h"
-#include "image.h"
-#include "test_util.h"
+#include "lib/byte_order.h"
+#include "lib/image.h"
+#include "tests/unit/test_util.h"
 
 using qed::FileOp;
 

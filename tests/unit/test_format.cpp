@@ -3,8 +3,8 @@
 
 #include <string>
 
-#include "format.h"
-#include "test_util.h"
+#include "lib/format.h"
+#include "tests/unit/test_util.h"
 
 using qed::Header;
 using qed::HeaderBytes;

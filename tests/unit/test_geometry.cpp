@@ -3,8 +3,8 @@
 
 #include <algorithm>
 
-#include "geometry.h"
-#include "test_util.h"
+#include "lib/geometry.h"
+#include "tests/unit/test_util.h"
 
 TEST_SUITE_BEGIN("geometry");
 

@@ -5,8 +5,8 @@
 #include <algorithm>
 #include <cstring>
 
-#include "image.h"
-#include "test_util.h"
+#include "lib/image.h"
+#include "tests/unit/test_util.h"
 
 using qed::Image;
 using qed::Status;

@@ -11,11 +11,11 @@
 #include <utility>
 #include <vector>
 
-#include "dirty_sectors.h"
-#include "l2_cache.h"
-#include "metadata.h"
-#include "table.h"
-#include "test_util.h"
+#include "lib/dirty_sectors.h"
+#include "lib/l2_cache.h"
+#include "lib/metadata.h"
+#include "lib/table.h"
+#include "tests/unit/test_util.h"
 
 using qed::CachedTable;
 using qed::L2Cache;

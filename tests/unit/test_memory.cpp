@@ -12,9 +12,9 @@
 #include <random>
 #include <thread>
 
-#include "crash_model.h"
-#include "l2_cache.h"
-#include "test_util.h"
+#include "tests/support/crash_model.h"
+#include "lib/l2_cache.h"
+#include "tests/unit/test_util.h"
 
 using qed::FileOp;
 using qed::L2Cache;

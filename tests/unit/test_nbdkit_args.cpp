@@ -5,7 +5,7 @@
 #include <string>
 #include <vector>
 
-#include "nbdkit_args.h"
+#include "plugin/nbdkit_args.h"
 
 TEST_SUITE_BEGIN("nbdkit-args");
 

@@ -14,8 +14,8 @@
 #include <thread>
 #include <vector>
 
-#include "next_file.h"
-#include "test_util.h"
+#include "filter/next_file.h"
+#include "tests/unit/test_util.h"
 
 using qed_filter::NextFile;
 using qed_filter::NextLimits;

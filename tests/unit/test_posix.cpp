@@ -13,9 +13,9 @@
 #include <mutex>
 #include <thread>
 
-#include "file.h"
-#include "posix_hooks.h"
-#include "test_util.h"
+#include "lib/file.h"
+#include "tests/unit/posix_hooks.h"
+#include "tests/unit/test_util.h"
 
 using hooks::Disarm;
 using hooks::fd_of;

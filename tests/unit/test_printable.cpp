@@ -4,7 +4,7 @@
 
 #include <string>
 
-#include "printable.h"
+#include "common/printable.h"
 
 using qed_nbdkit::printable;
 

@@ -13,10 +13,10 @@
 #include <thread>
 #include <vector>
 
-#include "byte_order.h"
-#include "geometry.h"
-#include "posix_hooks.h"
-#include "test_util.h"
+#include "lib/byte_order.h"
+#include "lib/geometry.h"
+#include "tests/unit/posix_hooks.h"
+#include "tests/unit/test_util.h"
 
 TEST_SUITE_BEGIN("reach");
 

@@ -4,8 +4,8 @@
 #include <cerrno>
 #include <string>
 
-#include "byte_order.h"
-#include "status.h"
+#include "lib/byte_order.h"
+#include "lib/status.h"
 
 using qed::Result;
 using qed::Status;

@@ -24,13 +24,13 @@
 #include <type_traits>
 #include <vector>
 
-#include "backing.h"
-#include "create.h"
-#include "fault_file.h"
-#include "file.h"
-#include "format.h"
-#include "image.h"
-#include "test_helpers.h"
+#include "lib/backing.h"
+#include "lib/create.h"
+#include "tests/support/fault_file.h"
+#include "lib/file.h"
+#include "lib/format.h"
+#include "lib/image.h"
+#include "tests/support/test_helpers.h"
 
 namespace qt {
 
