@@ -63,6 +63,15 @@ trap 'exit 130' INT TERM
 cd "$tmp"
 
 # requires CMD ARGS...: skip the test (77) unless the command succeeds.
+# random_run NAME REQUESTS: the seed of a randomized test (random unless
+# QED_WRITE_SEED is set) in $seed, its requests per image (QED_WRITE_REQUESTS,
+# or REQUESTS) in $nreq, and a line that says how to run it again.
+random_run() {
+  seed=${QED_WRITE_SEED:-$(( (RANDOM << 15 | RANDOM) % 1000000 ))}
+  nreq=${QED_WRITE_REQUESTS:-$2}
+  echo "$1: seed $seed (rerun with QED_WRITE_SEED=$seed), $nreq requests per image"
+}
+
 requires() {
   if ! "$@" >/dev/null 2>&1; then
     echo "$0: SKIP: requirement not met: $*" >&2

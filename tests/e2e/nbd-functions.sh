@@ -74,6 +74,15 @@ sparse_base() {
   done
 }
 
+# random_base FILE: the base of the randomized NBD tests: 24 MiB + 1024 bytes
+# (a tail shorter than a cluster), random data with holes at MiB 6-9 and 16-20;
+# its size in $base_size.
+random_base() {
+  base_size=$((24 * MiB + 1024))
+  sparse_base "$1" "$base_size" "0 6" "9 7" "20 4"
+  dd if=/dev/urandom of="$1" bs=1024 seek=$((24 * 1024)) count=1 conv=notrunc status=none
+}
+
 # status_counts LOG: "REQUESTS EXTENTS": the block status requests a base served with
 # --filter=log logfile=LOG received, and the extents it sent in its replies (each
 # logged as offset, length and "type").

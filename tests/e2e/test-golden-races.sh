@@ -14,14 +14,10 @@
 source "$(dirname "$0")/nbd-functions.sh" "$@"
 requires /usr/bin/python3 -c 'import nbd'
 
-seed=${QED_WRITE_SEED:-$(( (RANDOM << 15 | RANDOM) % 1000000 ))}
-nreq=${QED_WRITE_REQUESTS:-2000}
-echo "test-golden-races: seed $seed (rerun with QED_WRITE_SEED=$seed), $nreq requests per image"
+random_run test-golden-races 2000
 
 # The base: 24 MiB + 1024 bytes, random data with holes, in memory behind NBD.
-base_size=$((24 * MiB + 1024))
-sparse_base base.raw "$base_size" "0 6" "9 7" "20 4"
-dd if=/dev/urandom of=base.raw bs=1024 seek=$((24 * 1024)) count=1 conv=notrunc status=none
+random_base base.raw
 start_base base --filter=log memory "$base_size" logfile="$tmp/base.log"
 base=$(bg_uri base)
 nbdcopy base.raw "$base" || fail "filling the base"

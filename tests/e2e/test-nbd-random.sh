@@ -12,14 +12,10 @@
 source "$(dirname "$0")/nbd-functions.sh" "$@"
 requires /usr/bin/python3 -c 'import nbd'
 
-seed=${QED_WRITE_SEED:-$(( (RANDOM << 15 | RANDOM) % 1000000 ))}
-nreq=${QED_WRITE_REQUESTS:-3000}
-echo "test-nbd-random: seed $seed (rerun with QED_WRITE_SEED=$seed), $nreq requests per image"
+random_run test-nbd-random 3000
 
 # The base: 24 MiB + 1024 bytes in memory, random data with two holes.
-base_size=$((24 * MiB + 1024))
-sparse_base seed.raw "$base_size" "0 6" "9 7" "20 4"
-dd if=/dev/urandom of=seed.raw bs=1024 seek=$((24 * 1024)) count=1 conv=notrunc status=none
+random_base seed.raw
 start_base base memory "$base_size"
 base=$(bg_uri base)
 nbdcopy seed.raw "$base" || fail "filling the base"

@@ -13,9 +13,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 source "$here/functions.sh" "$@"
 requires /usr/bin/python3 -c 'import nbd'
 
-seed=${QED_WRITE_SEED:-$(( (RANDOM << 15 | RANDOM) % 1000000 ))}
-nreq=${QED_WRITE_REQUESTS:-3000}
-echo "test-write-random: seed $seed (rerun with QED_WRITE_SEED=$seed), $nreq requests per image"
+random_run test-write-random 3000
 
 KiB=1024 MiB=$((1024 * 1024)) GiB=$((1024 * 1024 * 1024))
 
