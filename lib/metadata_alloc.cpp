@@ -112,17 +112,12 @@ Result<WritePlan> Metadata::plan_allocation(uint64_t pos, uint64_t len, bool una
     const EntryKind kind = classify(t->entries[first]);
     if (kind == EntryKind::kInvalid)
       return invalid_entry(t->entries[first], pos);
-    if (kind == EntryKind::kData) {
-      auto run = run_in_table(t, pos, len);
-      if (!run)
-        return run.status();
-      return WritePlan{false, *run, {}};
-    }
     const uint64_t cluster = pos >> geo_.cluster_bits();
-    if (wait_for_inflight(cluster))
+    if (kind != EntryKind::kData && wait_for_inflight(cluster))
       continue;
-    if (unallocated_only && kind == EntryKind::kZero) {
-      // A zero cluster is newer than the backing data: skip it.
+    // Data is written in place; for a copy, a zero cluster is newer than the
+    // backing data and is skipped the same way.
+    if (kind == EntryKind::kData || (unallocated_only && kind == EntryKind::kZero)) {
       auto run = run_in_table(t, pos, len);
       if (!run)
         return run.status();
